@@ -36,8 +36,10 @@
 //! 1. `*` alone is the least specific of all;
 //! 2. a method beats no method;
 //! 3. segment by segment from the left, literal > `*` > `**`;
-//! 4. then the longer pattern (more segments) wins. Taken literally as SPEC.md words it, this ranks
-//!    `/a/**` above `/a` for the path `/a`, where `**` matches zero segments;
+//! 4. then the longer pattern (more segments) wins — except that a pattern that ends exactly
+//!    where the other goes on with a final `**` ranks higher: `/a` beats `/a/**` for the path
+//!    `/a` (where `**` matches zero segments), because an operator who writes both means the exact
+//!    one for `/a`. A wildcard never outranks an exact end, in keeping with literal > `*` > `**`;
 //! 5. any remaining tie is broken by the canonical string, the lexicographically smaller one
 //!    ranking higher. Two different patterns that both match one request never get this far (their
 //!    methods and literals would have to be equal), but it makes the order total, so a lookup never
@@ -328,9 +330,24 @@ impl Ord for Specificity {
             .matches_everything
             .cmp(&self.matches_everything)
             .then(self.has_method.cmp(&other.has_method))
-            // Slice order is segment by segment, then the longer one greater: exactly the rule.
-            .then_with(|| self.segments.cmp(&other.segments))
+            .then_with(|| compare_segments(&self.segments, &other.segments))
             .then_with(|| other.canonical.cmp(&self.canonical))
+    }
+}
+
+/// Segment by segment, literal > `*` > `**`; then the longer wins, except over an exact end
+/// where the longer only adds a final `**`.
+fn compare_segments(ours: &[SegmentRank], theirs: &[SegmentRank]) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let common = ours.len().min(theirs.len());
+    match ours[..common].cmp(&theirs[..common]) {
+        Ordering::Equal => {}
+        decided => return decided,
+    }
+    match (&ours[common..], &theirs[common..]) {
+        ([SegmentRank::Rest], []) => Ordering::Less,
+        ([], [SegmentRank::Rest]) => Ordering::Greater,
+        _ => ours.len().cmp(&theirs.len()),
     }
 }
 
@@ -550,8 +567,9 @@ mod tests {
             ("/a/b/**", "/a/**"),
             ("/a/b/**", "/a/*/c"),
             ("/a/b", "/a"),
-            ("/a/**", "/a"), // the longer pattern wins (SPEC §2, taken literally)
-            ("/**", "/"),    // likewise on the root path
+            ("/a", "/a/**"), // an exact end beats a final `**` matching zero segments
+            ("/a/*/b", "/a/*"), // otherwise the longer pattern wins
+            ("/", "/**"),    // likewise on the root path
             ("/**", "*"),
             ("/", "*"),
             ("GET /**", "*"),

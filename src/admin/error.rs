@@ -1,0 +1,202 @@
+//! The admin path's one error type and its one mapping to `tonic::Status`, with the stable
+//! `google.rpc.ErrorInfo` reasons of SPEC §4 and `google.rpc.BadRequest` field violations.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{domain::FieldViolation, store::StoreError, telemetry::error_chain};
+
+/// `google.rpc.ErrorInfo.domain` of every Sluice error.
+pub const ERROR_DOMAIN: &str = "sluice";
+
+/// Why an admin RPC failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("invalid policy request")]
+    Invalid(Vec<FieldViolation>),
+    #[error("policy not found")]
+    NotFound,
+    #[error("tenant {tenant} already has a policy for endpoint pattern {pattern:?}")]
+    Conflict { tenant: String, pattern: String },
+    #[error(
+        "etag {given:?} does not match the policy's current etag {current:?}; read it again and retry"
+    )]
+    EtagMismatch { given: String, current: String },
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("policy store unavailable")]
+    Unavailable(#[source] StoreError),
+}
+
+impl AdminError {
+    /// A single invalid field.
+    pub fn invalid(field: &str, description: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The stable `ErrorInfo.reason` for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "INVALID_RATE_POLICY",
+            Self::NotFound => "RATE_POLICY_NOT_FOUND",
+            Self::Conflict { .. } => "RATE_POLICY_CONFLICT",
+            Self::EtagMismatch { .. } => "ETAG_MISMATCH",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Unavailable(_) => "STORE_UNAVAILABLE",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) => Code::InvalidArgument,
+            Self::NotFound => Code::NotFound,
+            Self::Conflict { .. } => Code::AlreadyExists,
+            Self::EtagMismatch { .. } => Code::Aborted,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Unavailable(_) => Code::Unavailable,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::Invalid(violations) => {
+                let fields: Vec<String> = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect();
+                format!("invalid request: {}", fields.join("; "))
+            }
+            Self::Unavailable(_) => "the policy store is unavailable; try again shortly".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::Conflict { tenant, pattern } => Self::Conflict { tenant, pattern },
+            StoreError::EtagMismatch { given, current } => Self::EtagMismatch { given, current },
+            StoreError::Invalid(violations) => Self::Invalid(violations),
+            other @ (StoreError::Unavailable(_) | StoreError::Corrupt { .. }) => {
+                Self::Unavailable(other)
+            }
+        }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(err: AdminError) -> Self {
+        if let AdminError::Unavailable(source) = &err {
+            // The client gets a generic message; the cause chain stays in our logs.
+            tracing::error!(error = %error_chain(source), "policy store failed");
+        }
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            err.reason(),
+            ERROR_DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        );
+        if let AdminError::Invalid(violations) = &err {
+            for v in violations {
+                details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+        }
+        Status::with_error_details(err.code(), err.message(), details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_carries_its_reason_and_code() {
+        let cases = [
+            (
+                AdminError::invalid("policy.max_requests", "bad"),
+                Code::InvalidArgument,
+                "INVALID_RATE_POLICY",
+            ),
+            (
+                AdminError::NotFound,
+                Code::NotFound,
+                "RATE_POLICY_NOT_FOUND",
+            ),
+            (
+                AdminError::Conflict {
+                    tenant: "a".into(),
+                    pattern: "/x".into(),
+                },
+                Code::AlreadyExists,
+                "RATE_POLICY_CONFLICT",
+            ),
+            (
+                AdminError::EtagMismatch {
+                    given: "1".into(),
+                    current: "2".into(),
+                },
+                Code::Aborted,
+                "ETAG_MISMATCH",
+            ),
+            (
+                AdminError::PermissionDenied("no".into()),
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+            ),
+            (
+                AdminError::Unauthenticated("no".into()),
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
+            ),
+            (
+                AdminError::Unavailable(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+                Code::Unavailable,
+                "STORE_UNAVAILABLE",
+            ),
+        ];
+        for (err, code, reason) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code);
+            let info = status.get_details_error_info().expect("error info");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, ERROR_DOMAIN);
+        }
+    }
+
+    #[test]
+    fn invalid_lists_each_field_violation() {
+        let status = Status::from(AdminError::Invalid(vec![
+            FieldViolation::new(
+                "policy.max_requests",
+                "must be between 1 and 1000000, got 0",
+            ),
+            FieldViolation::new("policy.endpoint_pattern", "must start with '/'"),
+        ]));
+        let bad = status.get_details_bad_request().expect("bad request");
+        let fields: Vec<&str> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["policy.max_requests", "policy.endpoint_pattern"]);
+        assert!(
+            status
+                .message()
+                .contains("policy.max_requests: must be between")
+        );
+    }
+
+    #[test]
+    fn unavailable_does_not_leak_internals() {
+        let status = Status::from(AdminError::Unavailable(StoreError::Unavailable(
+            sqlx::Error::Protocol("secret internals".into()),
+        )));
+        assert!(!status.message().contains("secret internals"));
+    }
+}

@@ -1,0 +1,387 @@
+//! Builds the [`Application`] from [`Settings`]: the policy store, the JWT verifier, both
+//! listeners (bound at build time, so port 0 works for tests), the gRPC services, health,
+//! reflection and the policy-refresh task; then runs it until a shutdown signal.
+//!
+//! Shutdown order: health NOT_SERVING and `/readyz` 503 → stop accepting → drain in-flight
+//! calls → stop background tasks.
+
+use std::{net::SocketAddr, path::Path, str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::postgres::PgConnectOptions;
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::{
+    admin::{
+        auth::{AuthConfigError, AuthInterceptor, JwtConfig, JwtVerifier},
+        page_token::PageTokenCodec,
+        service::PolicyAdmin,
+    },
+    domain::Policy,
+    http::{Readiness, router},
+    policy_refresh::PolicyRefresher,
+    proto::{self, sluice::admin::v1::policy_service_server::PolicyServiceServer},
+    settings::{DatabaseKind, SecretString, Settings, SettingsError},
+    store::{PolicyStore, postgres::PgPolicyStore},
+    telemetry::{GrpcMetricsLayer, Metrics, error_chain},
+};
+
+/// How long an admin call waits for a database connection before answering UNAVAILABLE.
+const DB_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the service could not start. Each message names the setting or resource at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("DATABASE_URL: {0}")]
+    Database(String),
+    #[error("{0}")]
+    Jwt(#[from] AuthConfigError),
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        name: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Serve(String),
+}
+
+/// The policy store chosen by `DATABASE_URL`, with what the refresh task needs of it.
+pub struct OpenedStore {
+    pub store: Arc<dyn PolicyStore>,
+    /// PostgreSQL's pool, for LISTEN/NOTIFY.
+    pub listen: Option<sqlx::PgPool>,
+    pub kind: DatabaseKind,
+}
+
+/// Opens the store `DATABASE_URL` names; with `migrate`, applies pending migrations.
+pub async fn open_store(settings: &Settings, migrate: bool) -> Result<OpenedStore, StartupError> {
+    let kind = settings.database_kind()?;
+    match &kind {
+        DatabaseKind::Postgres => {
+            let options =
+                PgConnectOptions::from_str(settings.database_url.expose()).map_err(|err| {
+                    StartupError::Database(format!("not a valid PostgreSQL URL: {err}"))
+                })?;
+            let store = PgPolicyStore::connect_lazy(options, DB_ACQUIRE_TIMEOUT);
+            if migrate {
+                store.migrate().await.map_err(|err| {
+                    StartupError::Database(format!(
+                        "applying migrations failed: {}",
+                        error_chain(&err)
+                    ))
+                })?;
+            }
+            let listen = Some(store.pool().clone());
+            tracing::info!(store = "postgres", "policy store: PostgreSQL");
+            Ok(OpenedStore {
+                store: Arc::new(store),
+                listen,
+                kind,
+            })
+        }
+        DatabaseKind::Sqlite { path } => Err(StartupError::Database(format!(
+            "the SQLite store ({}) is not available in this build yet; use a postgres:// URL",
+            path.display()
+        ))),
+    }
+}
+
+/// File name of the generated HS256 secret kept beside an SQLite database.
+pub const GENERATED_SECRET_FILE: &str = "sluice.secret";
+
+/// The JWT verifier configuration. With no key configured: on SQLite, a random HS256 secret is
+/// created once in `sluice.secret` beside the database (mode 0600); on PostgreSQL, start-up stops.
+pub fn jwt_config(settings: &Settings, kind: &DatabaseKind) -> Result<JwtConfig, StartupError> {
+    let mut secret = settings.jwt_hs256_secret()?;
+    if secret.is_none() && settings.jwt_public_keys.is_none() {
+        match kind {
+            DatabaseKind::Sqlite { path } => {
+                secret = Some(generated_secret(path)?);
+            }
+            DatabaseKind::Postgres => {
+                return Err(SettingsError::Invalid {
+                    name: "SLUICE_JWT_HS256_SECRET",
+                    reason: "no JWT key configured; with PostgreSQL the admin API never runs \
+                             unauthenticated: set SLUICE_JWT_HS256_SECRET, \
+                             SLUICE_JWT_HS256_SECRET_FILE or SLUICE_JWT_PUBLIC_KEYS"
+                        .into(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(JwtConfig {
+        hs256_secret: secret.map(|s| s.expose().as_bytes().to_vec()),
+        public_keys_path: settings.jwt_public_keys.clone(),
+        issuer: settings.jwt_issuer.clone(),
+        audience: settings.jwt_audience.clone(),
+    })
+}
+
+/// Reads, or on first use creates, the HS256 secret beside the SQLite database at `db_path`.
+fn generated_secret(db_path: &Path) -> Result<SecretString, StartupError> {
+    let dir = db_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let path = dir.join(GENERATED_SECRET_FILE);
+    if path.exists() {
+        return Ok(crate::settings::read_secret_file(
+            "SLUICE_JWT_HS256_SECRET_FILE",
+            &path,
+        )?);
+    }
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    write_private_file(&path, &secret).map_err(|err| SettingsError::Invalid {
+        name: "SLUICE_JWT_HS256_SECRET_FILE",
+        reason: format!("cannot create {}: {err}", path.display()),
+    })?;
+    tracing::info!(path = %path.display(), "no JWT key configured: created a random HS256 secret; `sluice token` uses it");
+    Ok(SecretString::new(secret))
+}
+
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+/// Secret material the page-token key is derived from: the HS256 secret, else the public keys.
+fn page_token_key(config: &JwtConfig) -> Vec<u8> {
+    if let Some(secret) = &config.hs256_secret {
+        return secret.clone();
+    }
+    config
+        .public_keys_path
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .unwrap_or_default()
+}
+
+/// A built, bound, not yet running Sluice.
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    admin: PolicyAdmin,
+    verifier: Arc<JwtVerifier>,
+    metrics: Metrics,
+    readiness: Readiness,
+    refresher: PolicyRefresher,
+}
+
+impl Application {
+    /// Opens the store (applying migrations), loads the JWT keys and binds both listeners.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let opened = open_store(&settings, true).await?;
+        let jwt = jwt_config(&settings, &opened.kind)?;
+        let page_tokens = PageTokenCodec::new(&page_token_key(&jwt));
+        let verifier = Arc::new(JwtVerifier::new(jwt)?);
+        let metrics = Metrics::new();
+        let changed = Arc::new(Notify::new());
+        let admin = PolicyAdmin::new(
+            opened.store.clone(),
+            settings.default_window_seconds,
+            page_tokens,
+            changed.clone(),
+        );
+        let policies_gauge = metrics.policies.clone();
+        let apply: crate::policy_refresh::ApplyPolicies = Arc::new(move |policies: Vec<Policy>| {
+            policies_gauge.set(policies.len() as i64);
+        });
+        let refresher = PolicyRefresher {
+            store: opened.store,
+            changed,
+            listen: opened.listen,
+            apply,
+        };
+        let grpc_listener = bind("SLUICE_GRPC_ADDR", settings.grpc_addr).await?;
+        let http_listener = bind("SLUICE_HTTP_ADDR", settings.http_addr).await?;
+        Ok(Self {
+            grpc_addr: grpc_listener.local_addr().unwrap_or(settings.grpc_addr),
+            http_addr: http_listener.local_addr().unwrap_or(settings.http_addr),
+            grpc_listener,
+            http_listener,
+            admin,
+            verifier,
+            metrics,
+            readiness: Readiness::default(),
+            refresher,
+        })
+    }
+
+    /// The bound gRPC address (the real port when configured with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` completes, then shuts down in order.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<PolicyServiceServer<PolicyAdmin>>()
+            .await;
+        health.set_service_status("", ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|err| StartupError::Serve(format!("reflection: {err}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|err| StartupError::Serve(format!("reflection: {err}")))?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let readiness = self.readiness.clone();
+        match self.refresher.load_once().await {
+            Ok(count) => {
+                tracing::info!(policies = count, "policies loaded");
+                readiness.set(true);
+            }
+            Err(err) => {
+                tracing::warn!(error = %error_chain(&err), "first policy load failed; /readyz stays 503 until it succeeds")
+            }
+        }
+        let refresh_readiness = readiness.clone();
+        let refresher = self.refresher;
+        let refresh_task = tokio::spawn(async move {
+            if !refresh_readiness.is_ready() {
+                // Keep trying until the first load succeeds, then become ready.
+                let mut stop = stop_rx.clone();
+                loop {
+                    if refresher.load_once().await.is_ok() {
+                        refresh_readiness.set(true);
+                        break;
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+            refresher.run(stop_rx).await;
+        });
+
+        // The shutdown sequence: first tell load balancers, then stop the servers.
+        let (servers_stop_tx, servers_stop_rx) = watch::channel(false);
+        let health_for_shutdown = health.clone();
+        let readiness_for_shutdown = readiness.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
+            readiness_for_shutdown.set(false);
+            health_for_shutdown
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health_for_shutdown
+                .set_not_serving::<PolicyServiceServer<PolicyAdmin>>()
+                .await;
+            let _ = servers_stop_tx.send(true);
+        });
+
+        let admin = PolicyServiceServer::with_interceptor(
+            self.admin,
+            AuthInterceptor::new(self.verifier.clone()),
+        );
+        let grpc = tonic::transport::Server::builder()
+            .layer(GrpcMetricsLayer::new(self.metrics.clone()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc_listener),
+                wait_for(servers_stop_rx.clone()),
+            );
+        let http = axum::serve(self.http_listener, router(self.metrics.clone(), readiness))
+            .with_graceful_shutdown(wait_for(servers_stop_rx));
+        tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "sluice is serving");
+
+        let (grpc_result, http_result) = tokio::join!(grpc, async { http.await });
+        let _ = stop_tx.send(true);
+        let _ = refresh_task.await;
+        grpc_result
+            .map_err(|err| StartupError::Serve(format!("gRPC server: {}", error_chain(&err))))?;
+        http_result.map_err(|err| StartupError::Serve(format!("HTTP server: {err}")))?;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { name, addr, source })
+}
+
+/// Mints an HS256 token for `sluice token` from the configured (or generated) secret.
+pub fn mint_token(
+    settings: &Settings,
+    args: &crate::settings::TokenArgs,
+) -> Result<String, StartupError> {
+    let kind = settings.database_kind()?;
+    let config = jwt_config(settings, &kind)?;
+    let secret = config.hs256_secret.ok_or_else(|| SettingsError::Invalid {
+        name: "SLUICE_JWT_HS256_SECRET",
+        reason: "`sluice token` signs with the HS256 secret, and none is configured \
+                 (tokens for public-key setups come from your identity provider)"
+            .into(),
+    })?;
+    let is_admin = args
+        .roles
+        .iter()
+        .any(|r| r == crate::admin::auth::PLATFORM_ADMIN_ROLE);
+    if let Some(tenant) = &args.tenant {
+        crate::domain::TenantId::parse(tenant).map_err(|reason| SettingsError::Invalid {
+            name: "--tenant",
+            reason,
+        })?;
+    } else if !is_admin {
+        return Err(SettingsError::Invalid {
+            name: "--tenant",
+            reason: "is required unless --role platform-admin is given".into(),
+        }
+        .into());
+    }
+    crate::admin::auth::mint_hs256(&secret, args.tenant.as_deref(), &args.roles, args.ttl)
+        .map_err(|err| StartupError::Serve(format!("minting the token failed: {err}")))
+}

@@ -1,0 +1,82 @@
+//! The policy store: where policies live. One trait, [`PolicyStore`], with a PostgreSQL
+//! implementation ([`postgres::PgPolicyStore`]), chosen by the `DATABASE_URL` scheme.
+//!
+//! Every method that serves an admin caller takes its [`TenantScope`] and filters by the scope's
+//! tenant in the SQL itself, so a tenant-scoped caller can never read or change another tenant's
+//! row, whatever the layer above does.
+
+pub mod postgres;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    FieldViolation, NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope,
+};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No policy with that id in the caller's scope.
+    #[error("policy not found")]
+    NotFound,
+    /// The tenant already has a policy with that endpoint pattern.
+    #[error("tenant {tenant} already has a policy for endpoint pattern {pattern:?}")]
+    Conflict { tenant: String, pattern: String },
+    /// The caller's etag is not the policy's current one.
+    #[error("etag {given:?} does not match the policy's current etag {current:?}")]
+    EtagMismatch { given: String, current: String },
+    /// The merged update is not a valid policy.
+    #[error("invalid policy")]
+    Invalid(Vec<FieldViolation>),
+    /// The database could not be reached or failed.
+    #[error("policy store unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A stored row does not parse as a policy (edited by hand?).
+    #[error("stored policy {id} is invalid: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+/// Where to continue a listing: after this id (ids sort in creation order).
+pub type ListCursor = Option<PolicyId>;
+
+/// Reads and writes policies.
+#[async_trait]
+pub trait PolicyStore: Send + Sync + 'static {
+    /// Inserts a new policy. The caller has already checked that its scope allows `new.tenant`.
+    async fn create(&self, new: NewPolicy) -> Result<Policy, StoreError>;
+
+    /// Reads one policy within the caller's scope.
+    async fn get(&self, scope: &TenantScope, id: PolicyId) -> Result<Policy, StoreError>;
+
+    /// Applies `patch` to the policy in one transaction: reads it within the scope, checks
+    /// `expected_etag` when given, validates the merged fields and writes them, bumping the
+    /// version.
+    async fn update(
+        &self,
+        scope: &TenantScope,
+        id: PolicyId,
+        expected_etag: Option<&str>,
+        patch: &PolicyPatch,
+    ) -> Result<Policy, StoreError>;
+
+    /// Deletes one policy within the scope, checking `expected_etag` when given.
+    async fn delete(
+        &self,
+        scope: &TenantScope,
+        id: PolicyId,
+        expected_etag: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// Up to `limit` policies after `after`, in id order, within the scope and, when given, of
+    /// `tenant` only.
+    async fn list(
+        &self,
+        scope: &TenantScope,
+        tenant: Option<&PolicyTenant>,
+        after: ListCursor,
+        limit: u32,
+    ) -> Result<Vec<Policy>, StoreError>;
+
+    /// Every enabled policy, for the hot path's in-memory snapshot.
+    async fn load_enabled(&self) -> Result<Vec<Policy>, StoreError>;
+}

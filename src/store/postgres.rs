@@ -1,0 +1,297 @@
+//! [`PolicyStore`] on PostgreSQL. All SQL is parameterised; scoped queries carry
+//! `($n::text IS NULL OR tenant_id = $n)` bound to the caller's tenant (NULL only for a platform
+//! admin).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    PgPool, Postgres, Transaction,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use uuid::Uuid;
+
+use super::{ListCursor, PolicyStore, StoreError};
+use crate::domain::{
+    EndpointPattern, Limits, NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope,
+};
+
+/// Migrations for PostgreSQL, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The NOTIFY channel every policy change is announced on.
+pub const POLICY_CHANNEL: &str = "sluice_policies";
+
+/// The columns every query returns, in [`PolicyRow`]'s order.
+macro_rules! columns {
+    () => {
+        "id, tenant_id, endpoint_pattern, max_requests, window_seconds, burst_limit, \
+         enabled, shadow, version, created_at, updated_at"
+    };
+}
+
+/// Policies in PostgreSQL.
+#[derive(Clone)]
+pub struct PgPolicyStore {
+    pool: PgPool,
+}
+
+impl PgPolicyStore {
+    /// A lazily connecting pool: start-up does not fail when the database is briefly away, and a
+    /// request waits at most `acquire_timeout` for a connection before answering UNAVAILABLE.
+    pub fn connect_lazy(options: PgConnectOptions, acquire_timeout: Duration) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options);
+        Self { pool }
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations (idempotent; sqlx serialises concurrent runs with an advisory
+    /// lock, so several instances may start at once).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    async fn lock_scoped(
+        tx: &mut Transaction<'_, Postgres>,
+        scope: &TenantScope,
+        id: PolicyId,
+    ) -> Result<Policy, StoreError> {
+        let row: Option<PolicyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " \
+             FROM rate_policies WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) FOR UPDATE"
+        ))
+        .bind(id.as_uuid())
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        row.ok_or(StoreError::NotFound)?.into_policy()
+    }
+}
+
+fn check_etag(policy: &Policy, expected: Option<&str>) -> Result<(), StoreError> {
+    match expected {
+        Some(given) if given != policy.etag() => Err(StoreError::EtagMismatch {
+            given: given.to_owned(),
+            current: policy.etag(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn map_write_error(
+    err: sqlx::Error,
+    tenant: &PolicyTenant,
+    pattern: &EndpointPattern,
+) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
+            tenant: tenant.to_string(),
+            pattern: pattern.to_string(),
+        },
+        _ => StoreError::Unavailable(err),
+    }
+}
+
+#[async_trait]
+impl PolicyStore for PgPolicyStore {
+    #[tracing::instrument(skip_all, fields(tenant = %new.tenant, pattern = %new.pattern))]
+    async fn create(&self, new: NewPolicy) -> Result<Policy, StoreError> {
+        let row: PolicyRow = sqlx::query_as(concat!(
+            "INSERT INTO rate_policies \
+             (id, tenant_id, endpoint_pattern, max_requests, window_seconds, burst_limit, enabled, shadow) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             RETURNING ", columns!()))
+        .bind(PolicyId::generate().as_uuid())
+        .bind(new.tenant.as_str())
+        .bind(new.pattern.as_str())
+        .bind(new.limits.max_requests() as i32)
+        .bind(new.limits.window_seconds() as i32)
+        .bind(new.limits.burst_limit() as i32)
+        .bind(new.enabled)
+        .bind(new.shadow)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|err| map_write_error(err, &new.tenant, &new.pattern))?;
+        row.into_policy()
+    }
+
+    #[tracing::instrument(skip_all, fields(policy = %id))]
+    async fn get(&self, scope: &TenantScope, id: PolicyId) -> Result<Policy, StoreError> {
+        let row: Option<PolicyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " \
+             FROM rate_policies WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)"
+        ))
+        .bind(id.as_uuid())
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        row.ok_or(StoreError::NotFound)?.into_policy()
+    }
+
+    #[tracing::instrument(skip_all, fields(policy = %id))]
+    async fn update(
+        &self,
+        scope: &TenantScope,
+        id: PolicyId,
+        expected_etag: Option<&str>,
+        patch: &PolicyPatch,
+    ) -> Result<Policy, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::Unavailable)?;
+        let current = Self::lock_scoped(&mut tx, scope, id).await?;
+        check_etag(&current, expected_etag)?;
+        let update = patch.apply(&current).map_err(StoreError::Invalid)?;
+        let row: PolicyRow = sqlx::query_as(concat!(
+            "UPDATE rate_policies SET endpoint_pattern = $2, max_requests = $3, \
+             window_seconds = $4, burst_limit = $5, enabled = $6, shadow = $7, \
+             version = version + 1, updated_at = GREATEST(clock_timestamp(), updated_at + interval '1 microsecond') \
+             WHERE id = $1 \
+             RETURNING ", columns!()))
+        .bind(id.as_uuid())
+        .bind(update.pattern.as_str())
+        .bind(update.limits.max_requests() as i32)
+        .bind(update.limits.window_seconds() as i32)
+        .bind(update.limits.burst_limit() as i32)
+        .bind(update.enabled)
+        .bind(update.shadow)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|err| map_write_error(err, &current.tenant, &update.pattern))?;
+        tx.commit().await.map_err(StoreError::Unavailable)?;
+        row.into_policy()
+    }
+
+    #[tracing::instrument(skip_all, fields(policy = %id))]
+    async fn delete(
+        &self,
+        scope: &TenantScope,
+        id: PolicyId,
+        expected_etag: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::Unavailable)?;
+        let current = Self::lock_scoped(&mut tx, scope, id).await?;
+        check_etag(&current, expected_etag)?;
+        sqlx::query(
+            "DELETE FROM rate_policies WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+        )
+        .bind(id.as_uuid())
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        tx.commit().await.map_err(StoreError::Unavailable)
+    }
+
+    #[tracing::instrument(skip_all, fields(limit))]
+    async fn list(
+        &self,
+        scope: &TenantScope,
+        tenant: Option<&PolicyTenant>,
+        after: ListCursor,
+        limit: u32,
+    ) -> Result<Vec<Policy>, StoreError> {
+        let rows: Vec<PolicyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " \
+             FROM rate_policies \
+             WHERE ($1::text IS NULL OR tenant_id = $1) \
+               AND ($2::text IS NULL OR tenant_id = $2) \
+               AND ($3::uuid IS NULL OR id > $3) \
+             ORDER BY id LIMIT $4"
+        ))
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .bind(tenant.map(|t| t.as_str()))
+        .bind(after.map(|id| id.as_uuid()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        rows.into_iter().map(PolicyRow::into_policy).collect()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn load_enabled(&self) -> Result<Vec<Policy>, StoreError> {
+        let rows: Vec<PolicyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " \
+             FROM rate_policies WHERE enabled ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        rows.into_iter().map(PolicyRow::into_policy).collect()
+    }
+}
+
+/// A `rate_policies` row as the database returns it.
+#[derive(sqlx::FromRow)]
+struct PolicyRow {
+    id: Uuid,
+    tenant_id: String,
+    endpoint_pattern: String,
+    max_requests: i32,
+    window_seconds: i32,
+    burst_limit: i32,
+    enabled: bool,
+    shadow: bool,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl PolicyRow {
+    fn into_policy(self) -> Result<Policy, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: self.id.to_string(),
+            reason,
+        };
+        let tenant =
+            PolicyTenant::parse(&self.tenant_id).map_err(|e| corrupt(format!("tenant_id {e}")))?;
+        let pattern = EndpointPattern::parse(&self.endpoint_pattern)
+            .map_err(|e| corrupt(format!("endpoint_pattern {e}")))?;
+        let as_u32 = |v: i32| u32::try_from(v).unwrap_or(0);
+        let limits = Limits::new(
+            as_u32(self.max_requests),
+            as_u32(self.window_seconds),
+            as_u32(self.burst_limit),
+        )
+        .map_err(|violations| {
+            corrupt(
+                violations
+                    .iter()
+                    .map(|v| format!("{} {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        Ok(Policy {
+            id: PolicyId::from(self.id),
+            tenant,
+            pattern,
+            limits,
+            enabled: self.enabled,
+            shadow: self.shadow,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            version: self.version,
+        })
+    }
+}
