@@ -1,0 +1,3 @@
+//! The admin path: JWT → TenantScope → policy store.
+
+pub mod auth;
