@@ -382,6 +382,13 @@ pub fn mint_token(
         }
         .into());
     }
-    crate::admin::auth::mint_hs256(&secret, args.tenant.as_deref(), &args.roles, args.ttl)
+    let request = crate::admin::auth::MintRequest {
+        tenant: args.tenant.as_deref(),
+        roles: &args.roles,
+        ttl: args.ttl,
+        issuer: config.issuer.as_deref(),
+        audience: config.audience.as_deref(),
+    };
+    crate::admin::auth::mint_hs256_with(&secret, &request)
         .map_err(|err| StartupError::Serve(format!("minting the token failed: {err}")))
 }
