@@ -1,0 +1,28 @@
+//! Shared fixtures for every integration-test binary: the PostgreSQL and Redis servers the suite talks
+//! to, a fresh database or key prefix per test, a Redis server a test may freeze or kill, and the real
+//! tools (grpcurl, Envoy) it drives.
+//!
+//! Each binary includes this with `mod support;`. Servers a binary starts itself are shared by all of
+//! its tests and die with the test process. Environment:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `SLUICE_TEST_DATABASE_URL` | admin URL of a PostgreSQL server to use instead of starting one |
+//! | `SLUICE_TEST_REDIS_URL` | URL of a Redis server to use instead of starting one |
+//! | `SLUICE_TEST_GRPCURL`, `SLUICE_TEST_ENVOY` | paths of the grpcurl and envoy binaries |
+//!
+//! Layout: `postgres` (admin URL, [`TestDatabase`]), `redis` (shared URL, prefixes, [`OwnedRedis`]),
+//! `tools` (grpcurl, envoy), `process` (ports, signals, servers tied to the test process).
+#![allow(dead_code, unused_imports)]
+
+mod postgres;
+mod process;
+mod redis;
+mod tools;
+
+pub use postgres::{
+    PrivatePostgres, TestDatabase, fresh_database, postgres_admin_url, start_private_postgres,
+};
+pub use process::free_port;
+pub use redis::{OwnedRedis, redis_ping, redis_url, unique_redis_prefix};
+pub use tools::{envoy_path, grpcurl_path};

