@@ -1,0 +1,121 @@
+//! The counter step of the hot path: an exact sliding-window counter behind one trait,
+//! [`SlidingWindowCounter`], with two implementations that decide identically —
+//! [`RedisCounter`] (one atomic Lua script, shared by every Sluice instance) and
+//! [`InMemoryCounter`] (one process, no Redis).
+//!
+//! # Semantics
+//! A call carries all of one tenant's checks of one request and is decided in one atomic step.
+//! - A check *fits* when (hits counted in the last `window_ms`) + `hits` ≤ `max_requests` and,
+//!   with a `burst_limit`, (hits counted in the last 1000 ms) + `hits` ≤ `burst_limit`. A check
+//!   naming the same counter as an earlier fitting check of the call is judged with that check's
+//!   hits included.
+//! - All or nothing: when any *enforcing* check does not fit, nothing is recorded. Otherwise every
+//!   fitting check records its `hits` as one weighted entry; a shadow check that does not fit
+//!   records nothing, as if it had been denied.
+//! - Each verdict says whether its check fit, and describes the counter after the call:
+//!   `remaining` = `max_requests` − counted (saturating; with a burst limit, the smaller of that
+//!   and the burst remaining), `reset_after_ms` = time until the oldest counted hit leaves the
+//!   window (0 when the window is empty).
+//!
+//! Neither implementation applies a deadline: the caller bounds the whole step.
+
+mod memory;
+mod redis;
+
+pub use memory::InMemoryCounter;
+pub use redis::{DEFAULT_COMMAND_TIMEOUT, RedisCounter};
+
+use async_trait::async_trait;
+
+/// The longest window a check may ask for: a year and a day, above any unit Envoy can send.
+pub const MAX_WINDOW_MS: u64 = 366 * 24 * 60 * 60 * 1000;
+
+/// One descriptor's check within a tenant's atomic step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterCheck<'a> {
+    /// Identifies the counter within the tenant, e.g. `p:<policy-uuid>` or `o:<hash>`. The full
+    /// key is `{prefix}{{{tenant}}}:{key_suffix}`, so every key of one tenant shares a Redis
+    /// Cluster slot.
+    pub key_suffix: &'a str,
+    /// Hits allowed in any `window_ms` span.
+    pub max_requests: u32,
+    /// Window length in milliseconds, 1 ..= [`MAX_WINDOW_MS`].
+    pub window_ms: u64,
+    /// 0 = none; else at most this many hits in any 1-second span, on top of the window.
+    pub burst_limit: u32,
+    /// Hits this request adds; 0 checks without counting.
+    pub hits: u32,
+    /// `false` = shadow: counted and reported, never blocks the other checks.
+    pub enforcing: bool,
+}
+
+/// The outcome of one [`CounterCheck`], describing its counter after the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterVerdict {
+    /// Whether the check fit. For a shadow check, `false` means "would have been denied".
+    pub allowed: bool,
+    /// Hits still allowed now: window remaining, or the burst remaining when that is smaller.
+    pub remaining: u32,
+    /// Milliseconds until the oldest counted hit leaves the window; 0 when the window is empty.
+    pub reset_after_ms: u64,
+}
+
+/// Why the counter step could not give a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    /// The counter store could not be reached, or the connection broke mid-call.
+    #[error("cannot reach the counter store")]
+    Connection(#[source] fred::error::Error),
+    /// The counter store did not answer within the counter's own command timeout.
+    #[error("the counter store timed out")]
+    Timeout(#[source] fred::error::Error),
+    /// The store ran the sliding-window script and reported an error.
+    #[error("the sliding-window script failed")]
+    Script(#[source] fred::error::Error),
+    /// The script answered with something other than three integers per check.
+    #[error("unexpected reply from the sliding-window script: {0}")]
+    UnexpectedReply(String),
+    /// The counter could not be set up (bad URL, key prefix or pool size).
+    #[error("invalid counter configuration: {0}")]
+    Config(String),
+    /// The caller passed a check the counter cannot represent.
+    #[error("invalid counter check: {0}")]
+    InvalidCheck(String),
+}
+
+/// Exact sliding-window rate counting, decided atomically per tenant per request.
+#[async_trait]
+pub trait SlidingWindowCounter: Send + Sync + 'static {
+    /// All of one tenant's descriptors of one request, decided in one atomic step. Returns one
+    /// verdict per check, in order.
+    async fn check(
+        &self,
+        tenant: &str,
+        checks: &[CounterCheck<'_>],
+    ) -> Result<Vec<CounterVerdict>, CounterError>;
+}
+
+/// Rejects what neither implementation can count: an empty tenant or one with braces (it would
+/// break the `{tenant}` hash tag), and a window outside 1 ..= [`MAX_WINDOW_MS`].
+fn validate(tenant: &str, checks: &[CounterCheck<'_>]) -> Result<(), CounterError> {
+    if tenant.is_empty() {
+        return Err(CounterError::InvalidCheck(
+            "tenant must not be empty".into(),
+        ));
+    }
+    if tenant.contains(['{', '}']) {
+        return Err(CounterError::InvalidCheck(
+            "tenant must not contain '{' or '}'".into(),
+        ));
+    }
+    if let Some(check) = checks
+        .iter()
+        .find(|c| c.window_ms == 0 || c.window_ms > MAX_WINDOW_MS)
+    {
+        return Err(CounterError::InvalidCheck(format!(
+            "window_ms must be 1 ..= {MAX_WINDOW_MS}, got {} for counter {:?}",
+            check.window_ms, check.key_suffix
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,733 @@
+//! The sliding-window counter contract: every case in `cases` runs against both implementations,
+//! `RedisCounter` (in `mod redis`, each test under its own key prefix) and `InMemoryCounter` (in
+//! `mod memory`), so the two cannot drift apart. Redis-only facts (one member per call, key
+//! layout, expiry, connection errors) follow in `mod redis`.
+
+use std::sync::Arc;
+
+use sluice::ratelimit::counter::{
+    CounterCheck, CounterError, CounterVerdict, InMemoryCounter, RedisCounter, SlidingWindowCounter,
+};
+
+const TENANT: &str = "acme";
+
+/// The Redis the suite counts in: `SLUICE_TEST_REDIS_URL`, else the server on the default port.
+fn test_redis_url() -> String {
+    std::env::var("SLUICE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix no other test (or run) shares; the suite never flushes.
+fn unique_prefix() -> String {
+    format!("sluice-test:{}:", uuid::Uuid::new_v4())
+}
+
+async fn redis_counter_with_prefix(prefix: &str) -> RedisCounter {
+    let url = test_redis_url();
+    RedisCounter::connect(&url, None, 2, prefix)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test Redis at {url} ({e}); start redis-server or set SLUICE_TEST_REDIS_URL"))
+}
+
+async fn redis_counter() -> Arc<dyn SlidingWindowCounter> {
+    Arc::new(redis_counter_with_prefix(&unique_prefix()).await)
+}
+
+async fn memory_counter() -> Arc<dyn SlidingWindowCounter> {
+    Arc::new(InMemoryCounter::new(10_000))
+}
+
+/// Generates one `#[tokio::test]` per case, calling `cases::<case>` with a fresh counter.
+macro_rules! contract_suite {
+    ($make:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let counter = $make().await;
+                crate::cases::$case(counter).await;
+            }
+        )+
+    };
+}
+
+macro_rules! all_cases {
+    ($make:path) => {
+        contract_suite!($make;
+            allows_exactly_max_then_denies,
+            denied_request_consumes_nothing,
+            hits_above_max_never_fit,
+            window_slides,
+            weighted_hits_count_their_weight,
+            zero_hits_check_without_counting,
+            burst_limit_caps_any_one_second,
+            all_or_nothing_across_enforcing_checks,
+            shadow_over_limit_does_not_block_and_records_nothing,
+            counter_named_twice_in_one_call_counts_both,
+            remaining_and_reset_after_describe_the_window,
+            never_more_than_max_in_any_window_span,
+            concurrent_calls_admit_exactly_max,
+            invalid_checks_are_rejected,
+        );
+    };
+}
+
+mod cases {
+    use std::time::{Duration, Instant};
+
+    use rand::Rng;
+
+    use super::*;
+
+    fn hit(key_suffix: &str, max_requests: u32, window_ms: u64) -> CounterCheck<'_> {
+        CounterCheck {
+            key_suffix,
+            max_requests,
+            window_ms,
+            burst_limit: 0,
+            hits: 1,
+            enforcing: true,
+        }
+    }
+
+    async fn check_one(
+        counter: &dyn SlidingWindowCounter,
+        check: CounterCheck<'_>,
+    ) -> CounterVerdict {
+        let verdicts = counter
+            .check(TENANT, &[check])
+            .await
+            .expect("counter check");
+        assert_eq!(verdicts.len(), 1);
+        verdicts[0]
+    }
+
+    async fn check_all(
+        counter: &dyn SlidingWindowCounter,
+        checks: &[CounterCheck<'_>],
+    ) -> Vec<CounterVerdict> {
+        let verdicts = counter.check(TENANT, checks).await.expect("counter check");
+        assert_eq!(verdicts.len(), checks.len());
+        verdicts
+    }
+
+    pub async fn allows_exactly_max_then_denies(counter: Arc<dyn SlidingWindowCounter>) {
+        let check = hit("p:exact", 5, 60_000);
+        for expected_remaining in (0..5).rev() {
+            let verdict = check_one(&*counter, check).await;
+            assert!(verdict.allowed);
+            assert_eq!(verdict.remaining, expected_remaining);
+        }
+        for _ in 0..3 {
+            let verdict = check_one(&*counter, check).await;
+            assert!(!verdict.allowed, "the sixth hit in the window is denied");
+            assert_eq!(verdict.remaining, 0);
+        }
+    }
+
+    pub async fn denied_request_consumes_nothing(counter: Arc<dyn SlidingWindowCounter>) {
+        let two = CounterCheck {
+            hits: 2,
+            ..hit("p:deny", 3, 60_000)
+        };
+        assert!(check_one(&*counter, two).await.allowed);
+        for _ in 0..3 {
+            let denied = check_one(&*counter, two).await;
+            assert!(!denied.allowed);
+            assert_eq!(denied.remaining, 1, "a denial leaves the count alone");
+        }
+        let one = check_one(&*counter, hit("p:deny", 3, 60_000)).await;
+        assert!(
+            one.allowed,
+            "the hit the denials did not take is still there"
+        );
+        assert_eq!(one.remaining, 0);
+    }
+
+    pub async fn hits_above_max_never_fit(counter: Arc<dyn SlidingWindowCounter>) {
+        let verdict = check_one(
+            &*counter,
+            CounterCheck {
+                hits: 11,
+                ..hit("p:huge", 10, 60_000)
+            },
+        )
+        .await;
+        assert!(!verdict.allowed);
+        assert_eq!(verdict.remaining, 10);
+        assert_eq!(verdict.reset_after_ms, 0, "nothing is counted");
+    }
+
+    pub async fn window_slides(counter: Arc<dyn SlidingWindowCounter>) {
+        let check = hit("p:slide", 2, 1_000);
+        let first = check_one(&*counter, check).await;
+        assert!(first.allowed);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(check_one(&*counter, check).await.allowed);
+        let full = check_one(&*counter, check).await;
+        assert!(!full.allowed);
+        assert!(
+            full.reset_after_ms <= 600,
+            "the first hit leaves within 600 ms: {full:?}"
+        );
+
+        // Once the first hit has left, exactly one hit is free again: a sliding window, not a
+        // fixed one that would free both at once.
+        tokio::time::sleep(Duration::from_millis(full.reset_after_ms + 50)).await;
+        assert!(check_one(&*counter, check).await.allowed);
+        assert!(!check_one(&*counter, check).await.allowed);
+
+        // After a whole quiet window, the full quota is back.
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        assert!(check_one(&*counter, check).await.allowed);
+        assert!(check_one(&*counter, check).await.allowed);
+        assert!(!check_one(&*counter, check).await.allowed);
+    }
+
+    pub async fn weighted_hits_count_their_weight(counter: Arc<dyn SlidingWindowCounter>) {
+        let five = CounterCheck {
+            hits: 5,
+            ..hit("p:weighted", 12, 60_000)
+        };
+        assert_eq!(check_one(&*counter, five).await.remaining, 7);
+        assert_eq!(check_one(&*counter, five).await.remaining, 2);
+        let denied = check_one(&*counter, five).await;
+        assert!(!denied.allowed, "10 + 5 > 12");
+        let two = CounterCheck { hits: 2, ..five };
+        let last = check_one(&*counter, two).await;
+        assert!(last.allowed);
+        assert_eq!(last.remaining, 0);
+    }
+
+    pub async fn zero_hits_check_without_counting(counter: Arc<dyn SlidingWindowCounter>) {
+        let probe = CounterCheck {
+            hits: 0,
+            ..hit("p:zero", 2, 60_000)
+        };
+        for _ in 0..5 {
+            let verdict = check_one(&*counter, probe).await;
+            assert!(verdict.allowed);
+            assert_eq!(verdict.remaining, 2);
+            assert_eq!(verdict.reset_after_ms, 0, "the window is still empty");
+        }
+        assert_eq!(
+            check_one(&*counter, hit("p:zero", 2, 60_000))
+                .await
+                .remaining,
+            1
+        );
+        assert_eq!(
+            check_one(&*counter, hit("p:zero", 2, 60_000))
+                .await
+                .remaining,
+            0
+        );
+        let at_limit = check_one(&*counter, probe).await;
+        assert!(at_limit.allowed, "at the limit, not over it");
+        assert_eq!(at_limit.remaining, 0);
+        assert!(!check_one(&*counter, hit("p:zero", 2, 60_000)).await.allowed);
+    }
+
+    pub async fn burst_limit_caps_any_one_second(counter: Arc<dyn SlidingWindowCounter>) {
+        let check = CounterCheck {
+            burst_limit: 3,
+            ..hit("p:burst", 100, 60_000)
+        };
+        let first = check_one(&*counter, check).await;
+        assert!(first.allowed);
+        assert_eq!(first.remaining, 2, "the burst remaining is the smaller one");
+        assert!(check_one(&*counter, check).await.allowed);
+        assert!(check_one(&*counter, check).await.allowed);
+        let over = check_one(&*counter, check).await;
+        assert!(
+            !over.allowed,
+            "a fourth hit within one second is over the burst limit"
+        );
+        assert_eq!(over.remaining, 0);
+
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        let next = check_one(&*counter, check).await;
+        assert!(next.allowed, "a new second, a new burst");
+        assert_eq!(next.remaining, 2);
+        let window_only = check_one(
+            &*counter,
+            CounterCheck {
+                hits: 0,
+                burst_limit: 0,
+                ..check
+            },
+        )
+        .await;
+        assert_eq!(
+            window_only.remaining, 96,
+            "the window still counts all four hits"
+        );
+    }
+
+    pub async fn all_or_nothing_across_enforcing_checks(counter: Arc<dyn SlidingWindowCounter>) {
+        let roomy = hit("p:roomy", 5, 60_000);
+        let tight = hit("p:tight", 1, 60_000);
+        let first = check_all(&*counter, &[roomy, tight]).await;
+        assert!(first[0].allowed && first[1].allowed);
+
+        let second = check_all(&*counter, &[roomy, tight]).await;
+        assert!(second[0].allowed, "the check that fits says so");
+        assert_eq!(second[0].remaining, 4, "…but records nothing");
+        assert!(!second[1].allowed);
+
+        let rest = check_one(&*counter, CounterCheck { hits: 4, ..roomy }).await;
+        assert!(
+            rest.allowed,
+            "the denied call took nothing from the roomy counter"
+        );
+        assert_eq!(rest.remaining, 0);
+    }
+
+    pub async fn shadow_over_limit_does_not_block_and_records_nothing(
+        counter: Arc<dyn SlidingWindowCounter>,
+    ) {
+        let shadow = CounterCheck {
+            hits: 2,
+            enforcing: false,
+            ..hit("p:shadow", 3, 60_000)
+        };
+        let enforcing = CounterCheck {
+            hits: 2,
+            ..hit("p:enforcing", 10, 60_000)
+        };
+
+        let first = check_all(&*counter, &[shadow, enforcing]).await;
+        assert!(first[0].allowed && first[1].allowed);
+        assert_eq!(first[0].remaining, 1, "a shadow check that fits is counted");
+
+        let second = check_all(&*counter, &[shadow, enforcing]).await;
+        assert!(
+            !second[0].allowed,
+            "the shadow check reports its would-be denial"
+        );
+        assert_eq!(second[0].remaining, 1);
+        assert!(
+            second[1].allowed,
+            "a shadow check never blocks an enforcing one"
+        );
+        assert_eq!(second[1].remaining, 6);
+
+        let after = check_one(&*counter, CounterCheck { hits: 1, ..shadow }).await;
+        assert!(
+            after.allowed,
+            "the shadow's would-be denial recorded nothing"
+        );
+        assert_eq!(after.remaining, 0);
+
+        // An enforcing denial records nothing for the shadow check either.
+        let fresh_shadow = CounterCheck { hits: 1, ..shadow };
+        let full = CounterCheck {
+            key_suffix: "p:full",
+            max_requests: 0,
+            ..enforcing
+        };
+        let denied = check_all(
+            &*counter,
+            &[
+                CounterCheck {
+                    key_suffix: "p:shadow2",
+                    ..fresh_shadow
+                },
+                full,
+            ],
+        )
+        .await;
+        assert!(denied[0].allowed && !denied[1].allowed);
+        let untouched = check_one(
+            &*counter,
+            CounterCheck {
+                key_suffix: "p:shadow2",
+                hits: 0,
+                ..fresh_shadow
+            },
+        )
+        .await;
+        assert_eq!(untouched.remaining, 3);
+    }
+
+    pub async fn counter_named_twice_in_one_call_counts_both(
+        counter: Arc<dyn SlidingWindowCounter>,
+    ) {
+        let check = hit("p:twice", 20, 60_000);
+        for _ in 0..8 {
+            assert!(check_one(&*counter, check).await.allowed);
+        }
+        // Three entries recorded at one instant, with running totals 9, 10 and 11.
+        let verdicts = check_all(&*counter, &[check, check, check]).await;
+        for verdict in &verdicts {
+            assert!(verdict.allowed);
+            assert_eq!(
+                verdict.remaining, 9,
+                "every verdict describes the counter after the call"
+            );
+        }
+        assert_eq!(check_one(&*counter, check).await.remaining, 8);
+
+        // The second naming does not fit once the first is counted: all or nothing.
+        let tight = hit("p:twice-tight", 1, 60_000);
+        let verdicts = check_all(&*counter, &[tight, tight]).await;
+        assert!(verdicts[0].allowed);
+        assert!(!verdicts[1].allowed);
+        assert!(
+            check_one(&*counter, tight).await.allowed,
+            "nothing was recorded"
+        );
+    }
+
+    pub async fn remaining_and_reset_after_describe_the_window(
+        counter: Arc<dyn SlidingWindowCounter>,
+    ) {
+        let check = hit("p:reset", 5, 2_000);
+        let empty = check_one(&*counter, CounterCheck { hits: 0, ..check }).await;
+        assert_eq!((empty.remaining, empty.reset_after_ms), (5, 0));
+
+        let started = Instant::now();
+        let first = check_one(&*counter, check).await;
+        assert_eq!(first.remaining, 4);
+        assert_eq!(
+            first.reset_after_ms, 2_000,
+            "the only hit leaves a whole window from now"
+        );
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = check_one(&*counter, CounterCheck { hits: 3, ..check }).await;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).expect("short test");
+        assert_eq!(second.remaining, 1);
+        assert!(
+            second.reset_after_ms <= 1_700 && second.reset_after_ms + elapsed_ms + 5 >= 2_000,
+            "the oldest hit leaves 2 s after it came: {second:?} after {elapsed_ms} ms"
+        );
+
+        let over = check_one(&*counter, CounterCheck { hits: 2, ..check }).await;
+        assert!(!over.allowed);
+        assert_eq!(over.remaining, 1);
+        assert!(over.reset_after_ms <= second.reset_after_ms);
+    }
+
+    pub async fn never_more_than_max_in_any_window_span(counter: Arc<dyn SlidingWindowCounter>) {
+        const MAX: u32 = 10;
+        const WINDOW: Duration = Duration::from_millis(1_000);
+        let check = hit("p:exactness", MAX, 1_000);
+
+        // Each admitted call happened, on the counter's clock, between `sent` and `answered`.
+        let mut admitted: Vec<(Instant, Instant, u32)> = Vec::new();
+        let mut denied = 0;
+        let started = Instant::now();
+        while started.elapsed() < WINDOW * 7 / 2 {
+            let hits = rand::rng().random_range(1..=3);
+            let sent = Instant::now();
+            let verdict = check_one(&*counter, CounterCheck { hits, ..check }).await;
+            let answered = Instant::now();
+            if verdict.allowed {
+                admitted.push((sent, answered, hits));
+            } else {
+                denied += 1;
+            }
+            let pause = rand::rng().random_range(0..15);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+
+        // Any admitted calls all answered within one window of the earliest one's sending
+        // certainly fell in one window span on the counter's clock.
+        for (i, &(sent_i, _, _)) in admitted.iter().enumerate() {
+            let in_span: u32 = admitted[i..]
+                .iter()
+                .take_while(|(_, answered, _)| answered.duration_since(sent_i) < WINDOW)
+                .map(|&(_, _, hits)| hits)
+                .sum();
+            assert!(
+                in_span <= MAX,
+                "{in_span} hits admitted within one window from call {i}"
+            );
+        }
+        let total: u32 = admitted.iter().map(|&(_, _, hits)| hits).sum();
+        assert!(denied > 0, "the loop pushed past the limit");
+        assert!(
+            total >= 2 * MAX,
+            "quota returned as the window slid: {total} hits admitted over 3.5 windows"
+        );
+    }
+
+    pub async fn concurrent_calls_admit_exactly_max(counter: Arc<dyn SlidingWindowCounter>) {
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    check_one(&*counter, hit("p:concurrent", 50, 60_000))
+                        .await
+                        .allowed
+                })
+            })
+            .collect();
+        let mut allowed = 0;
+        for task in tasks {
+            if task.await.expect("check task") {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 50);
+        let probe = check_one(
+            &*counter,
+            CounterCheck {
+                hits: 0,
+                ..hit("p:concurrent", 50, 60_000)
+            },
+        )
+        .await;
+        assert_eq!(probe.remaining, 0);
+    }
+
+    pub async fn invalid_checks_are_rejected(counter: Arc<dyn SlidingWindowCounter>) {
+        let zero_window = counter.check(TENANT, &[hit("p:bad", 5, 0)]).await;
+        assert!(
+            matches!(zero_window, Err(CounterError::InvalidCheck(_))),
+            "{zero_window:?}"
+        );
+        let no_tenant = counter.check("", &[hit("p:bad", 5, 1_000)]).await;
+        assert!(
+            matches!(no_tenant, Err(CounterError::InvalidCheck(_))),
+            "{no_tenant:?}"
+        );
+        let braces = counter.check("a}b", &[hit("p:bad", 5, 1_000)]).await;
+        assert!(
+            matches!(braces, Err(CounterError::InvalidCheck(_))),
+            "{braces:?}"
+        );
+        let nothing = counter
+            .check(TENANT, &[])
+            .await
+            .expect("an empty call is fine");
+        assert!(nothing.is_empty());
+    }
+}
+
+mod memory {
+    all_cases!(crate::memory_counter);
+}
+
+mod redis {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use fred::prelude::{Builder, ClientLike, Config, ServerConfig};
+    use fred::types::{ClusterHash, CustomCommand};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    all_cases!(crate::redis_counter);
+
+    /// A plain client for looking at what the counter wrote.
+    async fn inspector() -> fred::clients::Client {
+        let config = Config::from_url(&test_redis_url()).expect("test Redis URL");
+        let client = Builder::from_config(config).build().expect("client");
+        client.init().await.expect("connect to the test Redis");
+        client
+    }
+
+    async fn command<R: fred::types::FromValue>(
+        client: &fred::clients::Client,
+        name: &'static str,
+        args: Vec<String>,
+    ) -> R {
+        client
+            .custom(
+                CustomCommand::new_static(name, ClusterHash::FirstKey, false),
+                args,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn check(key_suffix: &str, hits: u32, window_ms: u64) -> CounterCheck<'_> {
+        CounterCheck {
+            key_suffix,
+            max_requests: 10,
+            window_ms,
+            burst_limit: 0,
+            hits,
+            enforcing: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn weighted_call_is_one_member() {
+        let prefix = unique_prefix();
+        let counter = redis_counter_with_prefix(&prefix).await;
+        counter
+            .check(TENANT, &[check("p:w", 5, 60_000)])
+            .await
+            .expect("check");
+        let key = format!("{prefix}{{{TENANT}}}:p:w");
+        let inspector = inspector().await;
+        assert_eq!(
+            command::<i64>(&inspector, "ZCARD", vec![key.clone()]).await,
+            1
+        );
+        counter
+            .check(TENANT, &[check("p:w", 3, 60_000)])
+            .await
+            .expect("check");
+        assert_eq!(command::<i64>(&inspector, "ZCARD", vec![key]).await, 2);
+    }
+
+    #[tokio::test]
+    async fn keys_carry_the_tenant_hash_tag_and_expire() {
+        let prefix = unique_prefix();
+        let counter = redis_counter_with_prefix(&prefix).await;
+        counter
+            .check(
+                TENANT,
+                &[
+                    check("p:a", 1, 2_000),
+                    check("o:b", 1, 60_000),
+                    check("p:probe", 0, 2_000),
+                ],
+            )
+            .await
+            .expect("check");
+
+        let inspector = inspector().await;
+        let mut keys: Vec<String> = command(&inspector, "KEYS", vec![format!("{prefix}*")]).await;
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                format!("{prefix}{{acme}}:o:b"),
+                format!("{prefix}{{acme}}:p:a")
+            ],
+            "one key per recorded counter, none for a check without hits"
+        );
+        let short: i64 = command(&inspector, "PTTL", vec![keys[1].clone()]).await;
+        assert!((1..=3_000).contains(&short), "PTTL {short}");
+        let long: i64 = command(&inspector, "PTTL", vec![keys[0].clone()]).await;
+        assert!((59_000..=61_000).contains(&long), "PTTL {long}");
+    }
+
+    #[tokio::test]
+    async fn members_hold_a_running_total_and_weight() {
+        let prefix = unique_prefix();
+        let counter = redis_counter_with_prefix(&prefix).await;
+        for hits in [2, 3] {
+            counter
+                .check(TENANT, &[check("p:m", hits, 60_000)])
+                .await
+                .expect("check");
+        }
+        let inspector = inspector().await;
+        let members: Vec<String> = command(
+            &inspector,
+            "ZRANGE",
+            vec![format!("{prefix}{{acme}}:p:m"), "0".into(), "-1".into()],
+        )
+        .await;
+        assert_eq!(members, vec!["0000000000000002:2", "0000000000000005:3"]);
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_connection_error() {
+        let result = RedisCounter::connect("redis://127.0.0.1:1", None, 1, unique_prefix()).await;
+        assert!(
+            matches!(result, Err(CounterError::Connection(_))),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_key_type_is_a_script_error() {
+        let prefix = unique_prefix();
+        let counter = redis_counter_with_prefix(&prefix).await;
+        let key = format!("{prefix}{{{TENANT}}}:p:string");
+        let inspector = inspector().await;
+        let _: String = command(
+            &inspector,
+            "SET",
+            vec![
+                key.clone(),
+                "not a counter".into(),
+                "PX".into(),
+                "60000".into(),
+            ],
+        )
+        .await;
+        let result = counter.check(TENANT, &[check("p:string", 1, 60_000)]).await;
+        assert!(matches!(result, Err(CounterError::Script(_))), "{result:?}");
+    }
+
+    /// Forwards one connection to the test Redis until `stalled` is set, then swallows what the
+    /// client sends, as a hung server would.
+    async fn stalling_proxy(upstream: (String, u16)) -> (u16, Arc<AtomicBool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stall = Arc::clone(&stalled);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect((upstream.0.as_str(), upstream.1))
+                    .await
+                    .expect("connect to the test Redis");
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let stall = Arc::clone(&stall);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                        if !stall.load(Ordering::SeqCst)
+                            && server_write.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, stalled)
+    }
+
+    #[tokio::test]
+    async fn hung_server_is_a_timeout() {
+        let mut config = Config::from_url(&test_redis_url()).expect("test Redis URL");
+        let upstream = match &config.server {
+            ServerConfig::Centralized { server } => (server.host.to_string(), server.port),
+            other => panic!("this test needs a single Redis server, got {other:?}"),
+        };
+        let (port, stalled) = stalling_proxy(upstream).await;
+        config.server = ServerConfig::new_centralized("127.0.0.1", port);
+        let pool = Builder::from_config(config).build_pool(1).expect("pool");
+        pool.init().await.expect("connect through the proxy");
+        let counter = RedisCounter::new(pool, unique_prefix()).expect("counter");
+        counter.set_command_timeout(Duration::from_millis(200));
+        assert!(
+            counter
+                .check(TENANT, &[check("p:hang", 1, 60_000)])
+                .await
+                .is_ok()
+        );
+
+        stalled.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        let result = counter.check(TENANT, &[check("p:hang", 1, 60_000)]).await;
+        assert!(
+            matches!(result, Err(CounterError::Timeout(_))),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn prefix_with_braces_is_refused() {
+        let result = RedisCounter::connect(&test_redis_url(), None, 1, "bad{prefix}:").await;
+        assert!(matches!(result, Err(CounterError::Config(_))), "{result:?}");
+    }
+}
