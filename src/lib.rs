@@ -26,6 +26,7 @@ pub mod domain;
 pub mod http;
 pub mod policy_refresh;
 pub mod proto;
+pub mod ratelimit;
 pub mod settings;
 pub mod startup;
 pub mod store;

@@ -24,7 +24,16 @@ use crate::{
     domain::Policy,
     http::{Readiness, router},
     policy_refresh::PolicyRefresher,
-    proto::{self, sluice::admin::v1::policy_service_server::PolicyServiceServer},
+    proto::{
+        self, envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer,
+        sluice::admin::v1::policy_service_server::PolicyServiceServer,
+    },
+    ratelimit::{
+        counter::{InMemoryCounter, RedisCounter, SlidingWindowCounter},
+        request::DescriptorKeys,
+        service::{RateLimiter, RateLimiterConfig},
+        snapshot::{PolicySnapshot, SharedSnapshot},
+    },
     settings::{DatabaseKind, SecretString, Settings, SettingsError},
     store::{PolicyStore, postgres::PgPolicyStore},
     telemetry::{GrpcMetricsLayer, Metrics, error_chain},
@@ -48,8 +57,42 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("REDIS_URL: {0}")]
+    Redis(String),
     #[error("{0}")]
     Serve(String),
+}
+
+/// Most counters the in-process counter tracks before it refuses new keys (fails open for them).
+pub const IN_PROCESS_MAX_KEYS: usize = 1_000_000;
+
+/// The counter `REDIS_URL` selects: Redis when set, else in-process.
+pub async fn open_counter(
+    settings: &Settings,
+) -> Result<Arc<dyn SlidingWindowCounter>, StartupError> {
+    match &settings.redis_url {
+        Some(url) => {
+            let counter = RedisCounter::connect(
+                url.expose(),
+                settings.redis_password.as_ref().map(|p| p.expose()),
+                settings.redis_pool_size as usize,
+                &settings.redis_key_prefix,
+            )
+            .await
+            .map_err(|err| StartupError::Redis(error_chain(&err)))?;
+            // A command fred still holds after our deadline must not be sent later and counted.
+            counter.set_command_timeout(settings.redis_timeout());
+            tracing::info!(counter = "redis", prefix = %settings.redis_key_prefix, "counters: Redis (shared by every instance on it)");
+            Ok(Arc::new(counter))
+        }
+        None => {
+            tracing::warn!(
+                counter = "in-process",
+                "counters: in-process (REDIS_URL unset) — limits are per instance; set REDIS_URL to share them"
+            );
+            Ok(Arc::new(InMemoryCounter::new(IN_PROCESS_MAX_KEYS)))
+        }
+    }
 }
 
 /// The policy store chosen by `DATABASE_URL`, with what the refresh task needs of it.
@@ -184,6 +227,7 @@ pub struct Application {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     admin: PolicyAdmin,
+    rate_limiter: RateLimiter,
     verifier: Arc<JwtVerifier>,
     metrics: Metrics,
     readiness: Readiness,
@@ -205,9 +249,27 @@ impl Application {
             page_tokens,
             changed.clone(),
         );
+        let counter = open_counter(&settings).await?;
+        let snapshot = Arc::new(SharedSnapshot::new());
+        let rate_limiter = RateLimiter::new(
+            snapshot.clone(),
+            counter,
+            RateLimiterConfig {
+                keys: DescriptorKeys {
+                    tenant: settings.tenant_key.clone(),
+                    path: settings.path_key.clone(),
+                    method: settings.method_key.clone(),
+                },
+                deadline: settings.redis_timeout(),
+                failure_mode: settings.failure_mode,
+            },
+            metrics.clone(),
+        );
         let policies_gauge = metrics.policies.clone();
         let apply: crate::policy_refresh::ApplyPolicies = Arc::new(move |policies: Vec<Policy>| {
-            policies_gauge.set(policies.len() as i64);
+            let compiled = PolicySnapshot::build(policies);
+            policies_gauge.set(compiled.len() as i64);
+            snapshot.store(compiled);
         });
         let refresher = PolicyRefresher {
             store: opened.store,
@@ -223,6 +285,7 @@ impl Application {
             grpc_listener,
             http_listener,
             admin,
+            rate_limiter,
             verifier,
             metrics,
             readiness: Readiness::default(),
@@ -248,6 +311,9 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<PolicyServiceServer<PolicyAdmin>>()
+            .await;
+        health
+            .set_serving::<RateLimitServiceServer<RateLimiter>>()
             .await;
         health.set_service_status("", ServingStatus::Serving).await;
 
@@ -307,6 +373,9 @@ impl Application {
             health_for_shutdown
                 .set_not_serving::<PolicyServiceServer<PolicyAdmin>>()
                 .await;
+            health_for_shutdown
+                .set_not_serving::<RateLimitServiceServer<RateLimiter>>()
+                .await;
             let _ = servers_stop_tx.send(true);
         });
 
@@ -320,6 +389,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(admin)
+            .add_service(RateLimitServiceServer::new(self.rate_limiter))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.grpc_listener),
                 wait_for(servers_stop_rx.clone()),

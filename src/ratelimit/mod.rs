@@ -1,5 +1,9 @@
-//! The hot path of `ShouldRateLimit`: from matched descriptors to a decision. This module owns the
-//! counter step — one atomic, exact sliding-window check per tenant per request — in
-//! [`counter`].
+//! The hot path: `ShouldRateLimit` → parse ([`request`]) → in-memory policy snapshot
+//! ([`snapshot`]) → one counter call per tenant ([`counter`], behind the [`breaker`]) → response
+//! ([`service`]). Nothing here imports the admin path or touches the database.
 
+pub mod breaker;
 pub mod counter;
+pub mod request;
+pub mod service;
+pub mod snapshot;

@@ -1,0 +1,407 @@
+//! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, the hot path:
+//! parse ([`super::request`]) → look up each descriptor in the in-memory snapshot
+//! ([`super::snapshot`], no await, no lock) → one counter call per tenant, all under one deadline
+//! ([`super::counter`], guarded by [`super::breaker`]) → build the response.
+//!
+//! Failures of the counter step (error, deadline, open breaker) answer per
+//! `SLUICE_FAILURE_MODE`: `open` allows the request (decision `fail_open`, no limit reported so
+//! Envoy adds no misleading headers); `unavailable` answers gRPC UNAVAILABLE and Envoy's
+//! `failure_mode_deny` decides.
+
+use std::{borrow::Cow, sync::Arc, time::Duration};
+
+use futures_util::future::try_join_all;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::{
+    breaker::{Admission, CircuitBreaker, RateLimitedWarning},
+    counter::{CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter},
+    request::{DescriptorKeys, ParsedDescriptor, parse_request},
+    snapshot::{ActivePolicy, SharedSnapshot, unit_for_window},
+};
+use crate::{
+    domain::tenant::{MAX_TENANT_ID_LEN, is_tenant_char},
+    proto::envoy::service::ratelimit::v3::{
+        RateLimitRequest, RateLimitResponse,
+        rate_limit_response::{Code, DescriptorStatus, RateLimit, rate_limit::Unit},
+        rate_limit_service_server::RateLimitService,
+    },
+    settings::FailureMode,
+    telemetry::{Metrics, error_chain},
+};
+
+/// Everything `ShouldRateLimit` needs; built once by `startup`.
+pub struct RateLimiter {
+    snapshot: Arc<SharedSnapshot>,
+    counter: Arc<dyn SlidingWindowCounter>,
+    keys: DescriptorKeys,
+    /// The whole counter step's deadline (RATE_LIMIT_REDIS_TIMEOUT_MS).
+    deadline: Duration,
+    failure_mode: FailureMode,
+    breaker: CircuitBreaker,
+    metrics: Metrics,
+    failure_warning: RateLimitedWarning,
+    shadow_notice: RateLimitedWarning,
+}
+
+/// How the rate limiter is configured.
+pub struct RateLimiterConfig {
+    pub keys: DescriptorKeys,
+    pub deadline: Duration,
+    pub failure_mode: FailureMode,
+}
+
+impl RateLimiter {
+    pub fn new(
+        snapshot: Arc<SharedSnapshot>,
+        counter: Arc<dyn SlidingWindowCounter>,
+        config: RateLimiterConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            breaker: CircuitBreaker::new(metrics.circuit_open.clone()),
+            snapshot,
+            counter,
+            keys: config.keys,
+            deadline: config.deadline,
+            failure_mode: config.failure_mode,
+            metrics,
+            failure_warning: RateLimitedWarning::default(),
+            shadow_notice: RateLimitedWarning::default(),
+        }
+    }
+}
+
+/// How one descriptor is counted.
+struct Plan<'a> {
+    /// The tenant as it appears in counter keys.
+    counter_tenant: Cow<'a, str>,
+    key_suffix: Cow<'a, str>,
+    /// `current_limit.name`: the policy id, or empty for a bare override.
+    name: &'a str,
+    max_requests: u32,
+    window_ms: u64,
+    burst_limit: u32,
+    unit: Unit,
+    shadow: bool,
+    hits: u32,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        descriptor: &ParsedDescriptor<'a>,
+        policy: Option<&'a Arc<ActivePolicy>>,
+        entries: &[(&str, &str)],
+    ) -> Option<Self> {
+        let counter_tenant = counter_tenant(descriptor.tenant);
+        match (policy, descriptor.limit_override) {
+            (None, None) => None,
+            (Some(policy), None) => Some(Self {
+                counter_tenant,
+                key_suffix: Cow::Borrowed(&policy.key_suffix),
+                name: &policy.name,
+                max_requests: policy.limits.max_requests(),
+                window_ms: u64::from(policy.limits.window_seconds()) * 1000,
+                burst_limit: policy.limits.burst_limit(),
+                unit: policy.unit,
+                shadow: policy.shadow,
+                hits: descriptor.hits,
+            }),
+            (policy, Some(limit)) => {
+                let window_seconds = limit.window.as_secs();
+                Some(Self {
+                    counter_tenant,
+                    key_suffix: match policy {
+                        // The policy's counter, shared by every endpoint its pattern matches.
+                        Some(policy) => Cow::Borrowed(&policy.key_suffix),
+                        // No policy: counted per distinct descriptor.
+                        None => Cow::Owned(override_key(entries, window_seconds)),
+                    },
+                    name: policy.map(|p| p.name.as_str()).unwrap_or(""),
+                    max_requests: limit.requests_per_unit,
+                    window_ms: window_seconds * 1000,
+                    burst_limit: 0,
+                    unit: u32::try_from(window_seconds)
+                        .map(unit_for_window)
+                        .unwrap_or(Unit::Unknown),
+                    shadow: policy.is_some_and(|p| p.shadow),
+                    hits: descriptor.hits,
+                })
+            }
+        }
+    }
+
+    fn check(&self) -> CounterCheck<'_> {
+        CounterCheck {
+            key_suffix: &self.key_suffix,
+            max_requests: self.max_requests,
+            window_ms: self.window_ms,
+            burst_limit: self.burst_limit,
+            hits: self.hits,
+            enforcing: !self.shadow,
+        }
+    }
+}
+
+/// The tenant as written into counter keys: itself when it is a well-formed tenant id, else a
+/// hash, so an arbitrary descriptor value can never break the `{tenant}` hash tag.
+fn counter_tenant(tenant: &str) -> Cow<'_, str> {
+    if !tenant.is_empty() && tenant.len() <= MAX_TENANT_ID_LEN && tenant.chars().all(is_tenant_char)
+    {
+        Cow::Borrowed(tenant)
+    } else {
+        let digest = Sha256::digest(tenant.as_bytes());
+        Cow::Owned(format!("~{}", hex(&digest[..12])))
+    }
+}
+
+/// `o:<hash of the descriptor's entries>:<window>` for an override with no matching policy.
+fn override_key(entries: &[(&str, &str)], window_seconds: u64) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in entries {
+        // Lengths first, so ("ab","c") and ("a","bc") differ.
+        hasher.update((key.len() as u64).to_le_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((value.len() as u64).to_le_bytes());
+        hasher.update(value.as_bytes());
+    }
+    format!("o:{}:{window_seconds}", hex(&hasher.finalize()[..16]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unmatched_status() -> DescriptorStatus {
+    DescriptorStatus {
+        code: Code::Ok as i32,
+        ..Default::default()
+    }
+}
+
+impl RateLimiter {
+    /// Decides one request. Public so benchmarks can drive it without a network hop.
+    pub async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+        let descriptors =
+            parse_request(request, &self.keys).map_err(|e| Status::invalid_argument(e.0))?;
+        let snapshot = self.snapshot.load();
+        let plans: Vec<Option<Plan<'_>>> = descriptors
+            .iter()
+            .map(|d| {
+                let policy = snapshot.lookup(d.tenant, d.method, d.path);
+                let entries: Vec<(&str, &str)> = if d.limit_override.is_some() && policy.is_none() {
+                    request.descriptors[d.index]
+                        .entries
+                        .iter()
+                        .map(|e| (e.key.as_str(), e.value.as_str()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Plan::new(d, policy, &entries)
+            })
+            .collect();
+
+        // Group the counted descriptors by tenant: one atomic counter call each.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            if let Some(plan) = plan {
+                match groups
+                    .iter_mut()
+                    .find(|(t, _)| *t == plan.counter_tenant.as_ref())
+                {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((plan.counter_tenant.as_ref(), vec![i])),
+                }
+            }
+        }
+
+        let verdicts = if groups.is_empty() {
+            Some(Vec::new())
+        } else {
+            self.count(&plans, &groups).await?
+        };
+
+        let mut statuses = Vec::with_capacity(plans.len());
+        let mut over_limit = false;
+        let mut verdict_of = vec![None; plans.len()];
+        if let Some(verdicts) = &verdicts {
+            for ((_, members), group_verdicts) in groups.iter().zip(verdicts) {
+                for (i, verdict) in members.iter().zip(group_verdicts) {
+                    verdict_of[*i] = Some(*verdict);
+                }
+            }
+        }
+        for (plan, verdict) in plans.iter().zip(verdict_of) {
+            let status = match (plan, verdict) {
+                (None, _) => {
+                    self.metrics.checks_unmatched.inc();
+                    unmatched_status()
+                }
+                (Some(_), None) => {
+                    // The counter step failed and the failure mode is `open`.
+                    self.metrics.checks_fail_open.inc();
+                    unmatched_status()
+                }
+                (Some(plan), Some(verdict)) => {
+                    let denied = !verdict.allowed && !plan.shadow;
+                    over_limit |= denied;
+                    self.record_decision(plan, &verdict);
+                    DescriptorStatus {
+                        code: if denied { Code::OverLimit } else { Code::Ok } as i32,
+                        current_limit: Some(RateLimit {
+                            name: plan.name.to_owned(),
+                            requests_per_unit: plan.max_requests,
+                            unit: plan.unit as i32,
+                        }),
+                        limit_remaining: verdict.remaining,
+                        duration_until_reset: Some(prost_types::Duration {
+                            seconds: (verdict.reset_after_ms / 1000) as i64,
+                            nanos: ((verdict.reset_after_ms % 1000) * 1_000_000) as i32,
+                        }),
+                        quota: None,
+                    }
+                }
+            };
+            statuses.push(status);
+        }
+        Ok(RateLimitResponse {
+            overall_code: if over_limit {
+                Code::OverLimit
+            } else {
+                Code::Ok
+            } as i32,
+            statuses,
+            ..Default::default()
+        })
+    }
+
+    fn record_decision(&self, plan: &Plan<'_>, verdict: &CounterVerdict) {
+        match (verdict.allowed, plan.shadow) {
+            (true, _) => self.metrics.checks_allowed.inc(),
+            (false, false) => self.metrics.checks_denied.inc(),
+            (false, true) => {
+                self.metrics.checks_shadow_denied.inc();
+                self.shadow_notice.warn(|suppressed| {
+                    tracing::info!(
+                        tenant = %plan.counter_tenant,
+                        policy = plan.name,
+                        suppressed,
+                        "shadow policy would have denied a request"
+                    )
+                });
+            }
+        }
+    }
+
+    /// The counter step: every tenant group at once, under one deadline, behind the breaker.
+    /// `Ok(None)` means "failed open".
+    async fn count(
+        &self,
+        plans: &[Option<Plan<'_>>],
+        groups: &[(&str, Vec<usize>)],
+    ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
+        if self.breaker.admit() == Admission::Reject {
+            return self.fail("circuit breaker open", None);
+        }
+        let checks: Vec<Vec<CounterCheck<'_>>> = groups
+            .iter()
+            .map(|(_, members)| {
+                members
+                    .iter()
+                    .filter_map(|i| plans[*i].as_ref().map(Plan::check))
+                    .collect()
+            })
+            .collect();
+        let step = try_join_all(
+            groups
+                .iter()
+                .zip(&checks)
+                .map(|((tenant, _), checks)| self.counter.check(tenant, checks)),
+        );
+        match tokio::time::timeout(self.deadline, step).await {
+            Ok(Ok(verdicts)) => {
+                self.breaker.record_success();
+                Ok(Some(verdicts))
+            }
+            Ok(Err(err)) => {
+                self.breaker.record_failure();
+                self.fail("counter store failed", Some(&err))
+            }
+            Err(_) => {
+                self.breaker.record_failure();
+                self.fail("counter step missed its deadline", None)
+            }
+        }
+    }
+
+    fn fail(
+        &self,
+        what: &'static str,
+        err: Option<&CounterError>,
+    ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
+        self.metrics.redis_errors.inc();
+        let mode = self.failure_mode;
+        self.failure_warning.warn(|suppressed| {
+            tracing::warn!(
+                error = err.map(|e| error_chain(e)).unwrap_or_default(),
+                deadline_ms = self.deadline.as_millis() as u64,
+                failure_mode = ?mode,
+                suppressed,
+                "{what}; answering per SLUICE_FAILURE_MODE"
+            )
+        });
+        match mode {
+            FailureMode::Open => Ok(None),
+            FailureMode::Unavailable => Err(Status::unavailable(format!(
+                "rate-limit counters unavailable ({what})"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RateLimiter {
+    #[tracing::instrument(level = "debug", skip_all, fields(domain = %request.get_ref().domain))]
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let timer = self.metrics.check_duration.start_timer();
+        let response = self.decide(request.get_ref()).await;
+        timer.observe_duration();
+        response.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_tenants_keep_valid_ids_and_hash_the_rest() {
+        assert_eq!(counter_tenant("acme"), "acme");
+        assert_eq!(counter_tenant("anonymous"), "anonymous");
+        for odd in ["a{b}", "with space", &"x".repeat(65), "é"] {
+            let key = counter_tenant(odd);
+            assert!(
+                key.starts_with('~') && !key.contains(['{', '}']),
+                "{odd}: {key}"
+            );
+        }
+        assert_ne!(counter_tenant("a{b}"), counter_tenant("a{c}"));
+    }
+
+    #[test]
+    fn override_keys_distinguish_entries() {
+        let a = override_key(&[("ab", "c")], 60);
+        let b = override_key(&[("a", "bc")], 60);
+        assert_ne!(a, b);
+        assert_ne!(
+            override_key(&[("a", "b")], 60),
+            override_key(&[("a", "b")], 1)
+        );
+        assert_eq!(a, override_key(&[("ab", "c")], 60));
+    }
+}
