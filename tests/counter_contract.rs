@@ -11,18 +11,18 @@ use sluice::ratelimit::counter::{
 
 const TENANT: &str = "acme";
 
-/// The Redis the suite counts in: `SLUICE_TEST_REDIS_URL`, else the server on the default port.
-fn test_redis_url() -> String {
-    std::env::var("SLUICE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+#[path = "support/mod.rs"]
+mod support;
 
-/// A key prefix no other test (or run) shares; the suite never flushes.
-fn unique_prefix() -> String {
-    format!("sluice-test:{}:", uuid::Uuid::new_v4())
+use support::unique_redis_prefix as unique_prefix;
+
+/// The Redis the suite counts in: `SLUICE_TEST_REDIS_URL`, else a server the suite starts.
+async fn test_redis_url() -> String {
+    support::redis_url().await
 }
 
 async fn redis_counter_with_prefix(prefix: &str) -> RedisCounter {
-    let url = test_redis_url();
+    let url = test_redis_url().await;
     RedisCounter::connect(&url, None, 2, prefix)
         .await
         .unwrap_or_else(|e| panic!("cannot reach the test Redis at {url} ({e}); start redis-server or set SLUICE_TEST_REDIS_URL"))
@@ -523,7 +523,7 @@ mod redis {
 
     /// A plain client for looking at what the counter wrote.
     async fn inspector() -> fred::clients::Client {
-        let config = Config::from_url(&test_redis_url()).expect("test Redis URL");
+        let config = Config::from_url(&test_redis_url().await).expect("test Redis URL");
         let client = Builder::from_config(config).build().expect("client");
         client.init().await.expect("connect to the test Redis");
         client
@@ -693,7 +693,7 @@ mod redis {
 
     #[tokio::test]
     async fn hung_server_is_a_timeout() {
-        let mut config = Config::from_url(&test_redis_url()).expect("test Redis URL");
+        let mut config = Config::from_url(&test_redis_url().await).expect("test Redis URL");
         let upstream = match &config.server {
             ServerConfig::Centralized { server } => (server.host.to_string(), server.port),
             other => panic!("this test needs a single Redis server, got {other:?}"),
@@ -727,7 +727,7 @@ mod redis {
 
     #[tokio::test]
     async fn prefix_with_braces_is_refused() {
-        let result = RedisCounter::connect(&test_redis_url(), None, 1, "bad{prefix}:").await;
+        let result = RedisCounter::connect(&test_redis_url().await, None, 1, "bad{prefix}:").await;
         assert!(matches!(result, Err(CounterError::Config(_))), "{result:?}");
     }
 }
