@@ -129,10 +129,36 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> Result<OpenedStor
                 kind,
             })
         }
-        DatabaseKind::Sqlite { path } => Err(StartupError::Database(format!(
-            "the SQLite store ({}) is not available in this build yet; use a postgres:// URL",
-            path.display()
-        ))),
+        DatabaseKind::Sqlite { path } => {
+            let store = crate::store::sqlite::SqlitePolicyStore::open(path, DB_ACQUIRE_TIMEOUT)
+                .await
+                .map_err(|err| {
+                    StartupError::Database(format!(
+                        "cannot open the SQLite database {}: {}",
+                        path.display(),
+                        error_chain(&err)
+                    ))
+                })?;
+            if migrate {
+                store.migrate().await.map_err(|err| {
+                    StartupError::Database(format!(
+                        "applying migrations to {} failed: {}",
+                        path.display(),
+                        error_chain(&err)
+                    ))
+                })?;
+            }
+            tracing::info!(
+                store = "sqlite",
+                "policy store: SQLite at {}",
+                path.display()
+            );
+            Ok(OpenedStore {
+                store: Arc::new(store),
+                listen: None,
+                kind,
+            })
+        }
     }
 }
 

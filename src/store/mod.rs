@@ -1,11 +1,13 @@
 //! The policy store: where policies live. One trait, [`PolicyStore`], with a PostgreSQL
-//! implementation ([`postgres::PgPolicyStore`]), chosen by the `DATABASE_URL` scheme.
+//! implementation ([`postgres::PgPolicyStore`]) and an SQLite one
+//! ([`sqlite::SqlitePolicyStore`], the embedded default), chosen by the `DATABASE_URL` scheme.
 //!
 //! Every method that serves an admin caller takes its [`TenantScope`] and filters by the scope's
 //! tenant in the SQL itself, so a tenant-scoped caller can never read or change another tenant's
 //! row, whatever the layer above does.
 
 pub mod postgres;
+pub mod sqlite;
 
 use async_trait::async_trait;
 

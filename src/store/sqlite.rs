@@ -1,0 +1,348 @@
+//! [`PolicyStore`] on SQLite: the embedded default, one file in the working directory. Same
+//! semantics as [`super::postgres::PgPolicyStore`]; the contract tests in
+//! `tests/store_contract.rs` run the same bodies against both.
+//!
+//! Writes go through a pool of exactly one connection and every read-modify-write runs in
+//! `BEGIN IMMEDIATE`, so this process's writers queue in order instead of spinning on SQLite's
+//! busy handler, and a second process on the same file waits up to [`BUSY_TIMEOUT`] for the write
+//! lock. Reads use their own pool and, in WAL mode, never wait for a writer.
+//!
+//! There is no LISTEN/NOTIFY: the admin service wakes the refresh task itself after each change.
+//! All SQL is parameterised; scoped queries carry `(?n IS NULL OR tenant_id = ?n)` bound to the
+//! caller's tenant (NULL only for a platform admin).
+
+use std::{path::Path, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    Sqlite, SqlitePool, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
+};
+use uuid::Uuid;
+
+use super::{ListCursor, PolicyStore, StoreError};
+use crate::domain::{
+    EndpointPattern, Limits, NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope,
+};
+
+/// Migrations for SQLite, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a statement waits for another process's write lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections for concurrent reads; WAL lets them run beside the writer.
+const READ_CONNECTIONS: u32 = 4;
+
+/// The columns every query returns, in [`PolicyRow`]'s order.
+macro_rules! columns {
+    () => {
+        "id, tenant_id, endpoint_pattern, max_requests, window_seconds, burst_limit, \
+         enabled, shadow, version, created_at, updated_at"
+    };
+}
+
+/// Policies in an SQLite file.
+#[derive(Clone)]
+pub struct SqlitePolicyStore {
+    /// One connection: every write queues here.
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqlitePolicyStore {
+    /// Opens (creating it if missing) the database file at `path` in WAL mode with foreign keys
+    /// on. A request waits at most `acquire_timeout` for a connection before answering
+    /// UNAVAILABLE.
+    pub async fn open(path: &Path, acquire_timeout: Duration) -> Result<Self, sqlx::Error> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        // The writer connects first: it creates the file and switches it to WAL before any
+        // reader opens it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options)
+            .await?;
+        Ok(Self { writer, readers })
+    }
+
+    /// Applies pending migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.writer).await
+    }
+
+    /// Closes both pools, waiting for their connections to finish (and WAL to be checkpointed).
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        // sqlx's plain begin() is DEFERRED: two transactions could both read and then fail
+        // to upgrade to a write lock. IMMEDIATE takes the write lock up front.
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::Unavailable)
+    }
+
+    async fn read_scoped(
+        tx: &mut Transaction<'_, Sqlite>,
+        scope: &TenantScope,
+        id: PolicyId,
+    ) -> Result<Policy, StoreError> {
+        let row: Option<PolicyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM rate_policies WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)"
+        ))
+        .bind(id.as_uuid())
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        row.ok_or(StoreError::NotFound)?.into_policy()
+    }
+}
+
+/// Now, in the stored form: microseconds since the Unix epoch.
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn check_etag(policy: &Policy, expected: Option<&str>) -> Result<(), StoreError> {
+    match expected {
+        Some(given) if given != policy.etag() => Err(StoreError::EtagMismatch {
+            given: given.to_owned(),
+            current: policy.etag(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn map_write_error(
+    err: sqlx::Error,
+    tenant: &PolicyTenant,
+    pattern: &EndpointPattern,
+) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
+            tenant: tenant.to_string(),
+            pattern: pattern.to_string(),
+        },
+        _ => StoreError::Unavailable(err),
+    }
+}
+
+#[async_trait]
+impl PolicyStore for SqlitePolicyStore {
+    #[tracing::instrument(skip_all, fields(tenant = %new.tenant, pattern = %new.pattern))]
+    async fn create(&self, new: NewPolicy) -> Result<Policy, StoreError> {
+        let now = now_micros();
+        let row: PolicyRow = sqlx::query_as(concat!(
+            "INSERT INTO rate_policies \
+             (id, tenant_id, endpoint_pattern, max_requests, window_seconds, burst_limit, \
+              enabled, shadow, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+             RETURNING ",
+            columns!()
+        ))
+        .bind(PolicyId::generate().as_uuid())
+        .bind(new.tenant.as_str())
+        .bind(new.pattern.as_str())
+        .bind(i64::from(new.limits.max_requests()))
+        .bind(i64::from(new.limits.window_seconds()))
+        .bind(i64::from(new.limits.burst_limit()))
+        .bind(new.enabled)
+        .bind(new.shadow)
+        .bind(now)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(|err| map_write_error(err, &new.tenant, &new.pattern))?;
+        row.into_policy()
+    }
+
+    #[tracing::instrument(skip_all, fields(policy = %id))]
+    async fn get(&self, scope: &TenantScope, id: PolicyId) -> Result<Policy, StoreError> {
+        let row: Option<PolicyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM rate_policies WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)"
+        ))
+        .bind(id.as_uuid())
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        row.ok_or(StoreError::NotFound)?.into_policy()
+    }
+
+    #[tracing::instrument(skip_all, fields(policy = %id))]
+    async fn update(
+        &self,
+        scope: &TenantScope,
+        id: PolicyId,
+        expected_etag: Option<&str>,
+        patch: &PolicyPatch,
+    ) -> Result<Policy, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let current = Self::read_scoped(&mut tx, scope, id).await?;
+        check_etag(&current, expected_etag)?;
+        let update = patch.apply(&current).map_err(StoreError::Invalid)?;
+        // MAX(now, updated_at + 1): the etag changes even when two updates land in the same
+        // microsecond or the clock steps back.
+        let row: Option<PolicyRow> = sqlx::query_as(concat!(
+            "UPDATE rate_policies SET endpoint_pattern = ?2, max_requests = ?3, \
+             window_seconds = ?4, burst_limit = ?5, enabled = ?6, shadow = ?7, \
+             version = version + 1, updated_at = MAX(?8, updated_at + 1) \
+             WHERE id = ?1 AND (?9 IS NULL OR tenant_id = ?9) \
+             RETURNING ",
+            columns!()
+        ))
+        .bind(id.as_uuid())
+        .bind(update.pattern.as_str())
+        .bind(i64::from(update.limits.max_requests()))
+        .bind(i64::from(update.limits.window_seconds()))
+        .bind(i64::from(update.limits.burst_limit()))
+        .bind(update.enabled)
+        .bind(update.shadow)
+        .bind(now_micros())
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|err| map_write_error(err, &current.tenant, &update.pattern))?;
+        let row = row.ok_or(StoreError::NotFound)?;
+        tx.commit().await.map_err(StoreError::Unavailable)?;
+        row.into_policy()
+    }
+
+    #[tracing::instrument(skip_all, fields(policy = %id))]
+    async fn delete(
+        &self,
+        scope: &TenantScope,
+        id: PolicyId,
+        expected_etag: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let current = Self::read_scoped(&mut tx, scope, id).await?;
+        check_etag(&current, expected_etag)?;
+        sqlx::query("DELETE FROM rate_policies WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)")
+            .bind(id.as_uuid())
+            .bind(scope.tenant_filter().map(|t| t.as_str()))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        tx.commit().await.map_err(StoreError::Unavailable)
+    }
+
+    #[tracing::instrument(skip_all, fields(limit))]
+    async fn list(
+        &self,
+        scope: &TenantScope,
+        tenant: Option<&PolicyTenant>,
+        after: ListCursor,
+        limit: u32,
+    ) -> Result<Vec<Policy>, StoreError> {
+        let rows: Vec<PolicyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM rate_policies \
+             WHERE (?1 IS NULL OR tenant_id = ?1) \
+               AND (?2 IS NULL OR tenant_id = ?2) \
+               AND (?3 IS NULL OR id > ?3) \
+             ORDER BY id LIMIT ?4"
+        ))
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .bind(tenant.map(|t| t.as_str()))
+        .bind(after.map(|id| id.as_uuid()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        rows.into_iter().map(PolicyRow::into_policy).collect()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn load_enabled(&self) -> Result<Vec<Policy>, StoreError> {
+        let rows: Vec<PolicyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM rate_policies WHERE enabled ORDER BY id"
+        ))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        rows.into_iter().map(PolicyRow::into_policy).collect()
+    }
+}
+
+/// A `rate_policies` row as SQLite returns it.
+#[derive(sqlx::FromRow)]
+struct PolicyRow {
+    id: Uuid,
+    tenant_id: String,
+    endpoint_pattern: String,
+    max_requests: i64,
+    window_seconds: i64,
+    burst_limit: i64,
+    enabled: bool,
+    shadow: bool,
+    version: i64,
+    /// Microseconds since the Unix epoch, UTC.
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl PolicyRow {
+    fn into_policy(self) -> Result<Policy, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: self.id.to_string(),
+            reason,
+        };
+        let tenant =
+            PolicyTenant::parse(&self.tenant_id).map_err(|e| corrupt(format!("tenant_id {e}")))?;
+        let pattern = EndpointPattern::parse(&self.endpoint_pattern)
+            .map_err(|e| corrupt(format!("endpoint_pattern {e}")))?;
+        let as_u32 = |v: i64| u32::try_from(v).unwrap_or(0);
+        let limits = Limits::new(
+            as_u32(self.max_requests),
+            as_u32(self.window_seconds),
+            as_u32(self.burst_limit),
+        )
+        .map_err(|violations| {
+            corrupt(
+                violations
+                    .iter()
+                    .map(|v| format!("{} {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let timestamp = |name: &str, micros: i64| {
+            DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| corrupt(format!("{name} {micros} is out of range")))
+        };
+        Ok(Policy {
+            id: PolicyId::from(self.id),
+            tenant,
+            pattern,
+            limits,
+            enabled: self.enabled,
+            shadow: self.shadow,
+            created_at: timestamp("created_at", self.created_at)?,
+            updated_at: timestamp("updated_at", self.updated_at)?,
+            version: self.version,
+        })
+    }
+}
