@@ -8,7 +8,11 @@
 //! Envoy adds no misleading headers); `unavailable` answers gRPC UNAVAILABLE and Envoy's
 //! `failure_mode_deny` decides.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
@@ -17,6 +21,7 @@ use tonic::{Request, Response, Status};
 use super::{
     breaker::{Admission, CircuitBreaker, RateLimitedWarning},
     counter::{CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter},
+    over_limit_cache::{CounterId, OverLimitCache},
     request::{DescriptorKeys, ParsedDescriptor, parse_request},
     snapshot::{ActivePolicy, SharedSnapshot, unit_for_window},
 };
@@ -43,6 +48,7 @@ pub struct RateLimiter {
     metrics: Metrics,
     failure_warning: RateLimitedWarning,
     shadow_notice: RateLimitedWarning,
+    over_limit: OverLimitCache,
 }
 
 /// How the rate limiter is configured.
@@ -69,6 +75,7 @@ impl RateLimiter {
             metrics,
             failure_warning: RateLimitedWarning::default(),
             shadow_notice: RateLimitedWarning::default(),
+            over_limit: OverLimitCache::default(),
         }
     }
 }
@@ -130,6 +137,18 @@ impl<'a> Plan<'a> {
                 })
             }
         }
+    }
+
+    /// The over-limit cache's name for this counter, when its answers may be cached: enforcing
+    /// and without a burst limit (a burst count recovers every second, so it is not monotonic).
+    fn cache_id(&self, generation: u64) -> Option<CounterId<'_>> {
+        (!self.shadow && self.burst_limit == 0).then(|| CounterId {
+            tenant: &self.counter_tenant,
+            suffix: &self.key_suffix,
+            max_requests: self.max_requests,
+            window_ms: self.window_ms,
+            generation,
+        })
     }
 
     fn check(&self) -> CounterCheck<'_> {
@@ -217,18 +236,32 @@ impl RateLimiter {
             }
         }
 
-        let verdicts = if groups.is_empty() {
-            Some(Vec::new())
-        } else {
-            self.count(&plans, &groups).await?
-        };
+        // Groups whose every check is certainly over limit are answered from memory.
+        let generation = snapshot.generation();
+        let now = Instant::now();
+        let mut group_verdicts: Vec<Option<Vec<CounterVerdict>>> = groups
+            .iter()
+            .map(|(_, members)| self.cached_denials(&plans, members, generation, now))
+            .collect();
+        let to_count: Vec<usize> = (0..groups.len())
+            .filter(|g| group_verdicts[*g].is_none())
+            .collect();
+        if !to_count.is_empty() {
+            // `None`: the counter step failed open; those descriptors stay without a verdict.
+            if let Some(counted) = self.count(&plans, &groups, &to_count).await? {
+                for (g, verdicts) in to_count.iter().zip(counted) {
+                    self.learn(&plans, &groups[*g].1, &verdicts, generation, now);
+                    group_verdicts[*g] = Some(verdicts);
+                }
+            }
+        }
 
         let mut statuses = Vec::with_capacity(plans.len());
         let mut over_limit = false;
         let mut verdict_of = vec![None; plans.len()];
-        if let Some(verdicts) = &verdicts {
-            for ((_, members), group_verdicts) in groups.iter().zip(verdicts) {
-                for (i, verdict) in members.iter().zip(group_verdicts) {
+        for ((_, members), verdicts) in groups.iter().zip(&group_verdicts) {
+            if let Some(verdicts) = verdicts {
+                for (i, verdict) in members.iter().zip(verdicts) {
                     verdict_of[*i] = Some(*verdict);
                 }
             }
@@ -295,30 +328,76 @@ impl RateLimiter {
         }
     }
 
-    /// The counter step: every tenant group at once, under one deadline, behind the breaker.
-    /// `Ok(None)` means "failed open".
+    /// Verdicts for a group from the over-limit cache, if every check in it is certainly over.
+    fn cached_denials(
+        &self,
+        plans: &[Option<Plan<'_>>],
+        members: &[usize],
+        generation: u64,
+        now: Instant,
+    ) -> Option<Vec<CounterVerdict>> {
+        members
+            .iter()
+            .map(|i| {
+                let plan = plans[*i].as_ref()?;
+                let denial = self
+                    .over_limit
+                    .deny(&plan.cache_id(generation)?, plan.hits, now)?;
+                Some(CounterVerdict {
+                    allowed: false,
+                    remaining: denial.remaining,
+                    reset_after_ms: denial.reset_after.as_millis() as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers counters the same request would find exhausted.
+    fn learn(
+        &self,
+        plans: &[Option<Plan<'_>>],
+        members: &[usize],
+        verdicts: &[CounterVerdict],
+        generation: u64,
+        sent: Instant,
+    ) {
+        for (i, verdict) in members.iter().zip(verdicts) {
+            if let Some(plan) = plans[*i].as_ref()
+                && verdict.remaining < plan.hits.max(1)
+                && let Some(id) = plan.cache_id(generation)
+            {
+                self.over_limit
+                    .learn(&id, verdict.remaining, verdict.reset_after_ms, sent);
+            }
+        }
+    }
+
+    /// The counter step for the groups `which`: all at once, under one deadline, behind the
+    /// breaker. `Ok(None)` means "failed open".
     async fn count(
         &self,
         plans: &[Option<Plan<'_>>],
         groups: &[(&str, Vec<usize>)],
+        which: &[usize],
     ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
         if self.breaker.admit() == Admission::Reject {
             return self.fail("circuit breaker open", None);
         }
-        let checks: Vec<Vec<CounterCheck<'_>>> = groups
+        let checks: Vec<Vec<CounterCheck<'_>>> = which
             .iter()
-            .map(|(_, members)| {
-                members
+            .map(|g| {
+                groups[*g]
+                    .1
                     .iter()
                     .filter_map(|i| plans[*i].as_ref().map(Plan::check))
                     .collect()
             })
             .collect();
         let step = try_join_all(
-            groups
+            which
                 .iter()
                 .zip(&checks)
-                .map(|((tenant, _), checks)| self.counter.check(tenant, checks)),
+                .map(|(g, checks)| self.counter.check(groups[*g].0, checks)),
         );
         match tokio::time::timeout(self.deadline, step).await {
             Ok(Ok(verdicts)) => {

@@ -62,6 +62,9 @@ pub struct PolicySnapshot {
     /// The `*` policies: the default for every tenant with no matching policy of its own.
     defaults: Matcher,
     count: usize,
+    /// Set by [`SharedSnapshot::store`]; changes with every swap, so caches learnt under an older
+    /// snapshot can tell.
+    generation: u64,
 }
 
 impl PolicySnapshot {
@@ -88,6 +91,7 @@ impl PolicySnapshot {
                 .collect(),
             defaults: PatternSet::new(defaults),
             count,
+            generation: 0,
         }
     }
 
@@ -98,6 +102,11 @@ impl PolicySnapshot {
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Which swap of the shared snapshot this is (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The policy for a request: the most specific of the tenant's own matching policies, else
@@ -133,7 +142,10 @@ fn find_in<'s>(
 /// The current snapshot, replaced whole on every refresh. Readers never block writers or each
 /// other.
 #[derive(Debug, Default)]
-pub struct SharedSnapshot(ArcSwap<PolicySnapshot>);
+pub struct SharedSnapshot {
+    current: ArcSwap<PolicySnapshot>,
+    swaps: std::sync::atomic::AtomicU64,
+}
 
 impl SharedSnapshot {
     pub fn new() -> Self {
@@ -142,12 +154,16 @@ impl SharedSnapshot {
 
     /// The snapshot as of now; hold it for the length of one request.
     pub fn load(&self) -> arc_swap::Guard<Arc<PolicySnapshot>> {
-        self.0.load()
+        self.current.load()
     }
 
-    /// Replaces the snapshot.
-    pub fn store(&self, snapshot: PolicySnapshot) {
-        self.0.store(Arc::new(snapshot));
+    /// Replaces the snapshot, giving it the next generation.
+    pub fn store(&self, mut snapshot: PolicySnapshot) {
+        snapshot.generation = self
+            .swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.current.store(Arc::new(snapshot));
     }
 }
 
