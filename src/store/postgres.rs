@@ -157,11 +157,13 @@ impl PolicyStore for PgPolicyStore {
         let current = Self::lock_scoped(&mut tx, scope, id).await?;
         check_etag(&current, expected_etag)?;
         let update = patch.apply(&current).map_err(StoreError::Invalid)?;
-        let row: PolicyRow = sqlx::query_as(concat!(
+        // The tenant filter repeats the locked read's: every statement of a scoped caller
+        // carries it (SPEC §4), so no later edit of this function can widen an update.
+        let row: Option<PolicyRow> = sqlx::query_as(concat!(
             "UPDATE rate_policies SET endpoint_pattern = $2, max_requests = $3, \
              window_seconds = $4, burst_limit = $5, enabled = $6, shadow = $7, \
              version = version + 1, updated_at = GREATEST(clock_timestamp(), updated_at + interval '1 microsecond') \
-             WHERE id = $1 \
+             WHERE id = $1 AND ($8::text IS NULL OR tenant_id = $8) \
              RETURNING ", columns!()))
         .bind(id.as_uuid())
         .bind(update.pattern.as_str())
@@ -170,9 +172,11 @@ impl PolicyStore for PgPolicyStore {
         .bind(update.limits.burst_limit() as i32)
         .bind(update.enabled)
         .bind(update.shadow)
-        .fetch_one(&mut *tx)
+        .bind(scope.tenant_filter().map(|t| t.as_str()))
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|err| map_write_error(err, &current.tenant, &update.pattern))?;
+        let row = row.ok_or(StoreError::NotFound)?;
         tx.commit().await.map_err(StoreError::Unavailable)?;
         row.into_policy()
     }
