@@ -157,6 +157,8 @@ impl PolicyStore for PgPolicyStore {
         let current = Self::lock_scoped(&mut tx, scope, id).await?;
         check_etag(&current, expected_etag)?;
         let update = patch.apply(&current).map_err(StoreError::Invalid)?;
+        // The tenant filter repeats the locked read's: every statement of a scoped caller
+        // carries it (SPEC §4), so no later edit of this function can widen an update.
         let row: Option<PolicyRow> = sqlx::query_as(concat!(
             "UPDATE rate_policies SET endpoint_pattern = $2, max_requests = $3, \
              window_seconds = $4, burst_limit = $5, enabled = $6, shadow = $7, \

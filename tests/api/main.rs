@@ -1,0 +1,18 @@
+//! Integration tests of the admin API (`sluice.admin.v1.PolicyService`) through the real server:
+//! each test spawns Sluice on port 0 against its own fresh, migrated PostgreSQL database.
+//!
+//! Layout: [`helpers`] (`spawn_app`, `TestApp`, token minting, error-detail assertions, plain
+//! HTTP), [`policies`] (every RPC, tenant scoping, validation, conflicts, etags), [`pagination`]
+//! (`ListPolicies` pages and cursors), [`auth`] (JWT failures and public-key configuration),
+//! [`lifecycle`] (health, readiness, graceful shutdown, database outage), [`grpcurl`] (the real
+//! grpcurl binary through reflection, and the `sluice token` command).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth;
+mod grpcurl;
+mod helpers;
+mod lifecycle;
+mod pagination;
+mod policies;
