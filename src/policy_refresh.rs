@@ -1,7 +1,8 @@
 //! Keeps the hot path's policy snapshot current: loads every enabled policy from the store and
-//! hands it to `apply` — at start, at once after every change (a local change wakes
-//! `changed`; PostgreSQL's `LISTEN sluice_policies` brings other instances' changes), after a
-//! reconnect, and every [`FULL_RELOAD_EVERY`] as a safety net. When the store is unreachable the
+//! hands it to `apply` — at start, at once after every change (the admin service awaits
+//! [`PolicyRefresher::load_once`] after its own changes; PostgreSQL's `LISTEN sluice_policies`
+//! brings other instances' changes), after a reconnect, and every [`FULL_RELOAD_EVERY`] as a
+//! safety net. When the store is unreachable the
 //! last snapshot keeps serving and the task retries.
 //!
 //! This is the one place where the admin side (the store) meets the hot path (the snapshot), and
@@ -10,7 +11,7 @@
 use std::{sync::Arc, time::Duration};
 
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Mutex, watch};
 
 use crate::{
     domain::Policy,
@@ -28,17 +29,27 @@ pub type ApplyPolicies = Arc<dyn Fn(Vec<Policy>) + Send + Sync>;
 
 /// The refresh task's inputs.
 pub struct PolicyRefresher {
-    pub store: Arc<dyn PolicyStore>,
-    /// Woken by this instance's admin service after each change.
-    pub changed: Arc<Notify>,
+    store: Arc<dyn PolicyStore>,
     /// For PostgreSQL: the pool to LISTEN on.
-    pub listen: Option<PgPool>,
-    pub apply: ApplyPolicies,
+    listen: Option<PgPool>,
+    apply: ApplyPolicies,
+    /// Serialises load-and-apply, so an older load can never overwrite a newer one.
+    reload: Mutex<()>,
 }
 
 impl PolicyRefresher {
+    pub fn new(store: Arc<dyn PolicyStore>, listen: Option<PgPool>, apply: ApplyPolicies) -> Self {
+        Self {
+            store,
+            listen,
+            apply,
+            reload: Mutex::new(()),
+        }
+    }
+
     /// Loads once; `Ok` means the snapshot is current.
     pub async fn load_once(&self) -> Result<usize, crate::store::StoreError> {
+        let _serial = self.reload.lock().await;
         let policies = self.store.load_enabled().await?;
         let count = policies.len();
         (self.apply)(policies);
@@ -46,7 +57,7 @@ impl PolicyRefresher {
     }
 
     /// Runs until `stop` turns true. Call [`PolicyRefresher::load_once`] first for readiness.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut listener: Option<PgListener> = None;
         let mut reload = tokio::time::interval(FULL_RELOAD_EVERY);
         reload.tick().await;
@@ -85,7 +96,6 @@ impl PolicyRefresher {
             let retry = stale || (self.listen.is_some() && listener.is_none());
             tokio::select! {
                 _ = stop.changed() => return,
-                _ = self.changed.notified() => stale = true,
                 _ = reload.tick() => stale = true,
                 _ = tokio::time::sleep(RETRY_EVERY), if retry => {}
                 notification = async {

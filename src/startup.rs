@@ -8,10 +8,7 @@
 use std::{net::SocketAddr, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::postgres::PgConnectOptions;
-use tokio::{
-    net::TcpListener,
-    sync::{Notify, watch},
-};
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
@@ -19,7 +16,7 @@ use crate::{
     admin::{
         auth::{AuthConfigError, AuthInterceptor, JwtConfig, JwtVerifier},
         page_token::PageTokenCodec,
-        service::PolicyAdmin,
+        service::{PolicyAdmin, PolicyChangeHook},
     },
     domain::Policy,
     http::{Readiness, router},
@@ -257,7 +254,7 @@ pub struct Application {
     verifier: Arc<JwtVerifier>,
     metrics: Metrics,
     readiness: Readiness,
-    refresher: PolicyRefresher,
+    refresher: Arc<PolicyRefresher>,
 }
 
 impl Application {
@@ -268,13 +265,6 @@ impl Application {
         let page_tokens = PageTokenCodec::new(&page_token_key(&jwt));
         let verifier = Arc::new(JwtVerifier::new(jwt)?);
         let metrics = Metrics::new();
-        let changed = Arc::new(Notify::new());
-        let admin = PolicyAdmin::new(
-            opened.store.clone(),
-            settings.default_window_seconds,
-            page_tokens,
-            changed.clone(),
-        );
         let counter = open_counter(&settings).await?;
         let snapshot = Arc::new(SharedSnapshot::new());
         let rate_limiter = RateLimiter::new(
@@ -297,12 +287,26 @@ impl Application {
             policies_gauge.set(compiled.len() as i64);
             snapshot.store(compiled);
         });
-        let refresher = PolicyRefresher {
-            store: opened.store,
-            changed,
-            listen: opened.listen,
+        let refresher = Arc::new(PolicyRefresher::new(
+            opened.store.clone(),
+            opened.listen,
             apply,
-        };
+        ));
+        let local_refresh = refresher.clone();
+        let on_change: PolicyChangeHook = Arc::new(move || {
+            let refresher = local_refresh.clone();
+            Box::pin(async move {
+                if let Err(err) = refresher.load_once().await {
+                    tracing::warn!(error = %error_chain(&err), "reloading policies after a change failed; the periodic reload will retry");
+                }
+            })
+        });
+        let admin = PolicyAdmin::new(
+            opened.store,
+            settings.default_window_seconds,
+            page_tokens,
+            on_change,
+        );
         let grpc_listener = bind("SLUICE_GRPC_ADDR", settings.grpc_addr).await?;
         let http_listener = bind("SLUICE_HTTP_ADDR", settings.http_addr).await?;
         Ok(Self {
@@ -346,11 +350,13 @@ impl Application {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|err| StartupError::Serve(format!("reflection: {err}")))?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|err| StartupError::Serve(format!("reflection: {err}")))?;
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use prost_types::{FieldMask, Timestamp};
-use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use super::{error::AdminError, page_token::PageTokenCodec};
@@ -38,23 +38,27 @@ pub struct PolicyAdmin {
     /// `window_seconds` of a created policy that gives none (RATE_LIMIT_DEFAULT_WINDOW).
     default_window_seconds: u32,
     page_tokens: PageTokenCodec,
-    /// Woken after every successful change, so this instance's snapshot refreshes at once
-    /// (other instances hear of it through the store's own notifications).
-    changed: Arc<Notify>,
+    /// Awaited after every successful change, before the RPC answers, so this instance applies
+    /// its own change before the caller can see the response (other instances hear of it
+    /// through the store's own notifications).
+    on_change: PolicyChangeHook,
 }
+
+/// What the admin service calls after it changed a policy.
+pub type PolicyChangeHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 impl PolicyAdmin {
     pub fn new(
         store: Arc<dyn PolicyStore>,
         default_window_seconds: u32,
         page_tokens: PageTokenCodec,
-        changed: Arc<Notify>,
+        on_change: PolicyChangeHook,
     ) -> Self {
         Self {
             store,
             default_window_seconds,
             page_tokens,
-            changed,
+            on_change,
         }
     }
 }
@@ -245,7 +249,7 @@ impl pb::policy_service_server::PolicyService for PolicyAdmin {
         let created = self.store.create(new).await.map_err(AdminError::from)?;
         tracing::Span::current().record("policy", created.id.to_string());
         tracing::info!(tenant = %created.tenant, pattern = %created.pattern, "policy created");
-        self.changed.notify_one();
+        (self.on_change)().await;
         Ok(Response::new(to_proto(&created)))
     }
 
@@ -280,7 +284,7 @@ impl pb::policy_service_server::PolicyService for PolicyAdmin {
             .await
             .map_err(AdminError::from)?;
         tracing::info!(tenant = %updated.tenant, pattern = %updated.pattern, "policy updated");
-        self.changed.notify_one();
+        (self.on_change)().await;
         Ok(Response::new(to_proto(&updated)))
     }
 
@@ -298,7 +302,7 @@ impl pb::policy_service_server::PolicyService for PolicyAdmin {
             .await
             .map_err(AdminError::from)?;
         tracing::info!("policy deleted");
-        self.changed.notify_one();
+        (self.on_change)().await;
         Ok(Response::new(()))
     }
 

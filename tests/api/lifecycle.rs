@@ -232,6 +232,12 @@ async fn after_shutdown_the_ports_are_closed() {
 async fn wait_for_a_blocked_query(locker: &mut PgConnection) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        // Inside the locker's transaction the activity view is a snapshot taken at its first
+        // read (stats_fetch_consistency); clear it so each poll sees the present.
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut *locker)
+            .await
+            .expect("clear the statistics snapshot");
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock' \

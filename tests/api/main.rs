@@ -5,7 +5,9 @@
 //! HTTP), [`policies`] (every RPC, tenant scoping, validation, conflicts, etags), [`pagination`]
 //! (`ListPolicies` pages and cursors), [`auth`] (JWT failures and public-key configuration),
 //! [`lifecycle`] (health, readiness, graceful shutdown, database outage), [`grpcurl`] (the real
-//! grpcurl binary through reflection, and the `sluice token` command).
+//! grpcurl binary through reflection, and the `sluice token` command), [`rate_limit`]
+//! (`ShouldRateLimit` against real Redis: every rule of SPEC §3, two instances, propagation,
+//! failure modes).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -16,3 +18,4 @@ mod helpers;
 mod lifecycle;
 mod pagination;
 mod policies;
+mod rate_limit;

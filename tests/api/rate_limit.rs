@@ -1,0 +1,670 @@
+//! `ShouldRateLimit` through the real server against real Redis (each test its own key prefix and
+//! tenants): SPEC §3 rule by rule, counts shared by two instances, propagation of policy changes,
+//! and the failure modes with a Redis server the test owns and freezes or kills.
+
+use std::time::{Duration, Instant};
+
+use sluice::{
+    proto::envoy::{
+        extensions::common::ratelimit::v3::{
+            RateLimitDescriptor,
+            rate_limit_descriptor::{Entry, RateLimitOverride},
+        },
+        service::ratelimit::v3::{
+            RateLimitRequest, RateLimitResponse,
+            rate_limit_response::{Code, rate_limit::Unit},
+            rate_limit_service_client::RateLimitServiceClient,
+        },
+        r#type::v3::RateLimitUnit,
+    },
+    proto::sluice::admin::v1 as pb,
+    settings::{FailureMode, Settings},
+};
+use tonic::transport::Channel;
+
+use crate::{
+    helpers::{TestApp, http_get, new_policy, secret, spawn_app_with, try_spawn_app_on},
+    support::{self, OwnedRedis},
+};
+
+/// The counter deadline of tests that are not about the deadline: the suite runs many debug-build
+/// apps at once on two cores, where the production 50 ms is sometimes missed and would fail open.
+const RELAXED_DEADLINE_MS: u64 = 2_000;
+
+/// Settings for an app counting in the shared test Redis under its own prefix.
+async fn with_redis(prefix: String) -> impl FnOnce(&mut Settings) {
+    let url = support::redis_url().await;
+    move |s: &mut Settings| {
+        s.redis_url = Some(secret(&url));
+        s.redis_key_prefix = prefix;
+        s.redis_timeout_ms = RELAXED_DEADLINE_MS;
+    }
+}
+
+async fn spawn_with_redis() -> TestApp {
+    spawn_app_with(with_redis(support::unique_redis_prefix()).await).await
+}
+
+fn rls(app: &TestApp) -> RateLimitServiceClient<Channel> {
+    RateLimitServiceClient::new(app.channel.clone())
+}
+
+fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
+    pairs
+        .iter()
+        .map(|(k, v)| Entry {
+            key: (*k).into(),
+            value: (*v).into(),
+        })
+        .collect()
+}
+
+fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries(pairs),
+        ..Default::default()
+    }
+}
+
+fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "edge".into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+/// A request for `tenant` calling `method path`.
+fn call(tenant: &str, method: &str, path: &str) -> RateLimitRequest {
+    request(vec![descriptor(&[
+        ("tenant_id", tenant),
+        ("path", path),
+        ("method", method),
+    ])])
+}
+
+async fn check(app: &TestApp, req: RateLimitRequest) -> RateLimitResponse {
+    rls(app)
+        .should_rate_limit(req)
+        .await
+        .unwrap_or_else(|status| panic!("ShouldRateLimit failed: {status:?}"))
+        .into_inner()
+}
+
+fn code(response: &RateLimitResponse) -> Code {
+    Code::try_from(response.overall_code).expect("a known code")
+}
+
+/// Creates a policy as platform admin, returning it.
+async fn policy(app: &TestApp, p: pb::Policy) -> pb::Policy {
+    app.create_ok(&app.admin_token(), p).await
+}
+
+fn unique_tenant(name: &str) -> String {
+    format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+#[tokio::test]
+async fn allows_max_requests_then_answers_over_limit_with_envoy_header_fields() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("acme");
+    let created = policy(&app, new_policy(&tenant, "GET /v1/orders/**", 3)).await;
+
+    for expected_remaining in [2, 1, 0] {
+        let response = check(&app, call(&tenant, "GET", "/v1/orders/7?page=2")).await;
+        assert_eq!(code(&response), Code::Ok);
+        let status = &response.statuses[0];
+        assert_eq!(status.code, Code::Ok as i32);
+        assert_eq!(status.limit_remaining, expected_remaining);
+        let limit = status
+            .current_limit
+            .as_ref()
+            .expect("a matched descriptor reports its limit");
+        assert_eq!(limit.requests_per_unit, 3);
+        assert_eq!(limit.unit, Unit::Minute as i32, "window 60 s is one MINUTE");
+        assert_eq!(limit.name, created.id);
+        let reset = status.duration_until_reset.as_ref().expect("reset");
+        assert!(
+            reset.seconds <= 60 && (reset.seconds > 0 || reset.nanos > 0),
+            "{reset:?}"
+        );
+    }
+    let response = check(&app, call(&tenant, "GET", "/v1/orders/8")).await;
+    assert_eq!(code(&response), Code::OverLimit);
+    assert_eq!(response.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(response.statuses[0].limit_remaining, 0);
+
+    // Another method is not matched by `GET …`, and another tenant has its own quota.
+    let post = check(&app, call(&tenant, "POST", "/v1/orders/8")).await;
+    assert_eq!(code(&post), Code::Ok);
+    assert!(
+        post.statuses[0].current_limit.is_none(),
+        "unmatched: no limit"
+    );
+}
+
+#[tokio::test]
+async fn star_policies_are_defaults_counted_per_tenant_and_lose_to_the_tenants_own() {
+    let app = spawn_with_redis().await;
+    let (a, b) = (unique_tenant("a"), unique_tenant("b"));
+    let default = policy(&app, new_policy("*", "/api/**", 2)).await;
+    let own = policy(&app, new_policy(&b, "/api/**", 4)).await;
+
+    for tenant in [&a, &unique_tenant("c")] {
+        let codes: Vec<Code> = futures_codes(&app, tenant, 3).await;
+        assert_eq!(
+            codes,
+            [Code::Ok, Code::Ok, Code::OverLimit],
+            "tenant {tenant}"
+        );
+    }
+    let response = check(&app, call(&b, "GET", "/api/x")).await;
+    assert_eq!(
+        response.statuses[0].current_limit.as_ref().unwrap().name,
+        own.id
+    );
+    assert_ne!(own.id, default.id);
+    let codes = futures_codes(&app, &b, 4).await;
+    assert_eq!(codes, [Code::Ok, Code::Ok, Code::Ok, Code::OverLimit]);
+}
+
+async fn futures_codes(app: &TestApp, tenant: &str, n: usize) -> Vec<Code> {
+    let mut codes = Vec::new();
+    for _ in 0..n {
+        codes.push(code(&check(app, call(tenant, "GET", "/api/x")).await));
+    }
+    codes
+}
+
+#[tokio::test]
+async fn a_descriptor_without_tenant_counts_as_anonymous() {
+    let app = spawn_with_redis().await;
+    policy(&app, new_policy("anonymous", "/public/**", 1)).await;
+    let no_tenant = || request(vec![descriptor(&[("path", "/public/x")])]);
+    assert_eq!(code(&check(&app, no_tenant()).await), Code::Ok);
+    assert_eq!(code(&check(&app, no_tenant()).await), Code::OverLimit);
+    // Naming the anonymous tenant explicitly shares the same quota.
+    let named = check(&app, call("anonymous", "GET", "/public/y")).await;
+    assert_eq!(code(&named), Code::OverLimit);
+}
+
+#[tokio::test]
+async fn shadow_policies_count_and_report_but_never_deny() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("shadow");
+    let mut p = new_policy(&tenant, "/x", 1);
+    p.shadow = true;
+    policy(&app, p).await;
+    for _ in 0..3 {
+        let response = check(&app, call(&tenant, "GET", "/x")).await;
+        assert_eq!(code(&response), Code::Ok);
+        assert_eq!(response.statuses[0].code, Code::Ok as i32);
+    }
+    let metrics = http_get(app.http_addr, "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains("sluice_checks_total{decision=\"shadow_denied\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn hits_addend_counts_weighted_hits_and_zero_checks_without_counting() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("weighted");
+    policy(&app, new_policy(&tenant, "/w", 5)).await;
+
+    let mut three = call(&tenant, "GET", "/w");
+    three.hits_addend = 3;
+    let response = check(&app, three.clone()).await;
+    assert_eq!(
+        (code(&response), response.statuses[0].limit_remaining),
+        (Code::Ok, 2)
+    );
+    // 3 more would make 6 > 5: denied, and a denied request consumes nothing.
+    assert_eq!(code(&check(&app, three).await), Code::OverLimit);
+
+    // The descriptor's own hits_addend overrides the request's; explicit 0 only checks.
+    let mut check_only = call(&tenant, "GET", "/w");
+    check_only.hits_addend = 3;
+    check_only.descriptors[0].hits_addend = Some(0);
+    let response = check(&app, check_only).await;
+    assert_eq!(
+        (code(&response), response.statuses[0].limit_remaining),
+        (Code::Ok, 2)
+    );
+
+    let mut two = call(&tenant, "GET", "/w");
+    two.descriptors[0].hits_addend = Some(2);
+    let response = check(&app, two).await;
+    assert_eq!(
+        (code(&response), response.statuses[0].limit_remaining),
+        (Code::Ok, 0)
+    );
+}
+
+#[tokio::test]
+async fn all_descriptors_of_one_tenant_are_decided_together() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("atomic");
+    policy(&app, new_policy(&tenant, "/small", 1)).await;
+    policy(&app, new_policy(&tenant, "/big", 10)).await;
+    let both = || {
+        request(vec![
+            descriptor(&[("tenant_id", &tenant), ("path", "/big")]),
+            descriptor(&[("tenant_id", &tenant), ("path", "/small")]),
+        ])
+    };
+    let first = check(&app, both()).await;
+    assert_eq!(code(&first), Code::Ok);
+    assert_eq!(first.statuses[0].limit_remaining, 9);
+    let second = check(&app, both()).await;
+    assert_eq!(code(&second), Code::OverLimit);
+    assert_eq!(second.statuses[0].code, Code::Ok as i32, "/big itself fits");
+    assert_eq!(second.statuses[1].code, Code::OverLimit as i32);
+    // Nothing was recorded for /big by the denied request.
+    let alone = check(
+        &app,
+        request(vec![descriptor(&[
+            ("tenant_id", &tenant),
+            ("path", "/big"),
+        ])]),
+    )
+    .await;
+    assert_eq!(alone.statuses[0].limit_remaining, 8);
+}
+
+#[tokio::test]
+async fn a_limit_override_is_enforced_even_without_a_policy() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("override");
+    let with_override = |user: &str| {
+        let mut d = descriptor(&[("tenant_id", &tenant), ("user", user)]);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 2,
+            unit: RateLimitUnit::Hour as i32,
+        });
+        request(vec![d])
+    };
+    for expected in [Code::Ok, Code::Ok, Code::OverLimit] {
+        let response = check(&app, with_override("u1")).await;
+        assert_eq!(code(&response), expected);
+        let limit = response.statuses[0].current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (2, Unit::Hour as i32)
+        );
+    }
+    // Counted per distinct descriptor.
+    assert_eq!(code(&check(&app, with_override("u2")).await), Code::Ok);
+}
+
+#[tokio::test]
+async fn the_window_slides() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("slide");
+    let mut p = new_policy(&tenant, "/s", 2);
+    p.window_seconds = 1;
+    policy(&app, p).await;
+    assert_eq!(
+        code(&check(&app, call(&tenant, "GET", "/s")).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(&check(&app, call(&tenant, "GET", "/s")).await),
+        Code::Ok
+    );
+    let denied = check(&app, call(&tenant, "GET", "/s")).await;
+    assert_eq!(code(&denied), Code::OverLimit);
+    let reset = denied.statuses[0].duration_until_reset.clone().unwrap();
+    assert!(reset.seconds == 0 && reset.nanos > 0, "{reset:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        code(&check(&app, call(&tenant, "GET", "/s")).await),
+        Code::Ok
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_invalid_argument_naming_the_problem() {
+    let app = spawn_with_redis().await;
+    let long = "x".repeat(1025);
+    let mut no_domain = call("a", "GET", "/");
+    no_domain.domain.clear();
+    let mut big_hits = call("a", "GET", "/");
+    big_hits.hits_addend = 1_000_001;
+    let cases = [
+        (no_domain, "domain must not be empty"),
+        (request(vec![descriptor(&[])]), "has no entries"),
+        (
+            request(vec![descriptor(&[("a", "b")]); 65]),
+            "at most 64 descriptors",
+        ),
+        (
+            request(vec![descriptor(&[("a", &long)])]),
+            "at most 1024 bytes",
+        ),
+        (big_hits, "hits_addend must be at most 1000000"),
+    ];
+    for (req, needle) in cases {
+        let status = rls(&app).should_rate_limit(req).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{needle}");
+        assert!(
+            status.message().contains(needle),
+            "{needle}: {}",
+            status.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_admit_exactly_max_requests() {
+    let prefix = support::unique_redis_prefix();
+    let a = spawn_app_with(with_redis(prefix.clone()).await).await;
+    let b = try_spawn_app_on(&a.database_url, with_redis(prefix).await)
+        .await
+        .expect("second instance starts");
+    let tenant = unique_tenant("shared");
+    policy(&a, new_policy(&tenant, "/**", 25)).await;
+    wait_until_matched(&b, &tenant).await;
+    // wait_until_matched used one hit on b.
+    let mut calls = Vec::new();
+    for i in 0..100 {
+        let client = if i % 2 == 0 { rls(&a) } else { rls(&b) };
+        let req = call(&tenant, "GET", "/any");
+        calls.push(tokio::spawn(async move {
+            let mut client = client;
+            client
+                .should_rate_limit(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .overall_code
+        }));
+    }
+    let mut allowed = 0;
+    for c in calls {
+        if c.await.unwrap() == Code::Ok as i32 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(
+        allowed, 24,
+        "25 in all, one used while waiting for propagation"
+    );
+}
+
+/// Waits (≤ 2 s) until `app` matches a policy for `tenant`; costs one hit.
+async fn wait_until_matched(app: &TestApp, tenant: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut req = call(tenant, "GET", "/any");
+        req.descriptors[0].hits_addend = Some(0);
+        let response = check(app, req).await;
+        if response.statuses[0].current_limit.is_some() {
+            let mut one = call(tenant, "GET", "/any");
+            one.hits_addend = 1;
+            check(app, one).await;
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "not propagated within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn policy_changes_through_one_instance_bind_another_within_a_second() {
+    let prefix = support::unique_redis_prefix();
+    let a = spawn_app_with(with_redis(prefix.clone()).await).await;
+    let b = try_spawn_app_on(&a.database_url, with_redis(prefix).await)
+        .await
+        .expect("second instance starts");
+    let tenant = unique_tenant("prop");
+    let admin = a.admin_token();
+    let limit_on_b = || async {
+        let mut req = call(&tenant, "GET", "/p");
+        req.descriptors[0].hits_addend = Some(0);
+        check(&b, req).await.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.requests_per_unit)
+    };
+    let within_a_second = |what: &'static str, expected: Option<u32>| {
+        let limit_on_b = &limit_on_b;
+        async move {
+            let started = Instant::now();
+            while limit_on_b().await != expected {
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "{what} not applied by B within 1 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let created = a.create_ok(&admin, new_policy(&tenant, "/p", 7)).await;
+    within_a_second("create", Some(7)).await;
+
+    let mut changed = created.clone();
+    changed.etag.clear();
+    changed.max_requests = 9;
+    a.update(&admin, changed, &["max_requests"]).await.unwrap();
+    within_a_second("update", Some(9)).await;
+
+    let mut disabled = created.clone();
+    disabled.etag.clear();
+    disabled.enabled = Some(false);
+    a.update(&admin, disabled, &["enabled"]).await.unwrap();
+    within_a_second("disable", None).await;
+
+    a.delete(&admin, &created.id, "").await.unwrap();
+    within_a_second("delete", None).await;
+}
+
+#[tokio::test]
+async fn decisions_continue_from_the_snapshot_while_postgres_is_unreachable() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("pgdown");
+    policy(&app, new_policy(&tenant, "/d", 2)).await;
+    let db = app.database().expect("own database").name.clone();
+    let admin_url = support::postgres_admin_url().await;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        code(&check(&app, call(&tenant, "GET", "/d")).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(&check(&app, call(&tenant, "GET", "/d")).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(&check(&app, call(&tenant, "GET", "/d")).await),
+        Code::OverLimit
+    );
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+/// An app counting in a Redis server the test owns.
+async fn spawn_on_owned_redis(redis: &OwnedRedis, mode: FailureMode) -> TestApp {
+    let url = redis.url.clone();
+    spawn_app_with(move |s| {
+        s.redis_url = Some(secret(&url));
+        s.redis_key_prefix = support::unique_redis_prefix();
+        s.failure_mode = mode;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_frozen_redis_fails_open_within_the_deadline_then_the_breaker_answers_at_once() {
+    let mut redis = OwnedRedis::start().await;
+    let app = spawn_on_owned_redis(&redis, FailureMode::Open).await;
+    let tenant = unique_tenant("frozen");
+    policy(&app, new_policy(&tenant, "/f", 1000)).await;
+    let first = check(&app, call(&tenant, "GET", "/f")).await;
+    assert_eq!(first.statuses[0].limit_remaining, 999);
+
+    redis.freeze();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let response = check(&app, call(&tenant, "GET", "/f")).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(code(&response), Code::Ok, "fail-open allows");
+        assert!(
+            response.statuses[0].current_limit.is_none(),
+            "no misleading limit when failing open"
+        );
+    }
+    // Each call waits at most the 50 ms deadline (plus scheduling slack on a busy machine).
+    assert!(slowest < Duration::from_millis(400), "slowest {slowest:?}");
+    // The breaker is open now: answers come without waiting on Redis.
+    let started = Instant::now();
+    check(&app, call(&tenant, "GET", "/f")).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(40),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = http_get(app.http_addr, "/metrics").await.unwrap().body;
+    assert!(metrics.contains("sluice_circuit_open 1"), "{metrics}");
+    assert!(
+        metrics.contains("sluice_checks_total{decision=\"fail_open\"} 11"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_redis_errors_total 11"),
+        "{metrics}"
+    );
+
+    redis.thaw();
+    let started = Instant::now();
+    loop {
+        let response = check(&app, call(&tenant, "GET", "/f")).await;
+        if response.statuses[0].current_limit.is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "enforcement did not resume after thaw"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = http_get(app.http_addr, "/metrics").await.unwrap().body;
+    assert!(metrics.contains("sluice_circuit_open 0"), "{metrics}");
+    redis.kill();
+}
+
+#[tokio::test]
+async fn a_tenant_past_its_limit_is_denied_from_memory_until_a_policy_change() {
+    let redis = OwnedRedis::start().await;
+    let app = spawn_on_owned_redis(&redis, FailureMode::Open).await;
+    let tenant = unique_tenant("hammer");
+    let created = policy(&app, new_policy(&tenant, "/h", 2)).await;
+    for expected in [Code::Ok, Code::Ok, Code::OverLimit] {
+        assert_eq!(
+            code(&check(&app, call(&tenant, "GET", "/h")).await),
+            expected
+        );
+    }
+    // Redis frozen: the denials still come, at once, and no Redis error is counted.
+    redis.freeze();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = check(&app, call(&tenant, "GET", "/h")).await;
+        assert!(started.elapsed() < Duration::from_millis(40));
+        assert_eq!(code(&response), Code::OverLimit);
+        let reset = response.statuses[0].duration_until_reset.clone().unwrap();
+        assert!(
+            reset.seconds > 50,
+            "the oldest hit leaves the 60 s window in ~60 s: {reset:?}"
+        );
+    }
+    let metrics = http_get(app.http_addr, "/metrics").await.unwrap().body;
+    assert!(metrics.contains("sluice_redis_errors_total 0"), "{metrics}");
+
+    // A policy change invalidates what was learnt: the next check asks Redis (frozen: fails open).
+    let mut raised = created.clone();
+    raised.max_requests = 3;
+    app.update(&app.admin_token(), raised, &["max_requests"])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while code(&check(&app, call(&tenant, "GET", "/h")).await) == Code::OverLimit {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the policy change did not invalidate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.thaw();
+}
+
+#[tokio::test]
+async fn enforcement_resumes_after_redis_is_killed_and_restarted() {
+    let mut redis = OwnedRedis::start().await;
+    let app = spawn_on_owned_redis(&redis, FailureMode::Open).await;
+    let tenant = unique_tenant("killed");
+    policy(&app, new_policy(&tenant, "/k", 1)).await;
+    redis.kill();
+    assert_eq!(
+        code(&check(&app, call(&tenant, "GET", "/k")).await),
+        Code::Ok
+    );
+    redis.restart().await;
+    // The restarted server lost its counts (it keeps nothing on disk); enforcement resumes once
+    // the breaker's probe finds it again: the single slot is used and the next call is denied.
+    let started = Instant::now();
+    while code(&check(&app, call(&tenant, "GET", "/k")).await) != Code::OverLimit {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "enforcement did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn failure_mode_unavailable_answers_unavailable() {
+    let redis = OwnedRedis::start().await;
+    let app = spawn_on_owned_redis(&redis, FailureMode::Unavailable).await;
+    let tenant = unique_tenant("strict");
+    policy(&app, new_policy(&tenant, "/u", 5)).await;
+    assert_eq!(
+        code(&check(&app, call(&tenant, "GET", "/u")).await),
+        Code::Ok
+    );
+    redis.freeze();
+    let status = rls(&app)
+        .should_rate_limit(call(&tenant, "GET", "/u"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    // An unmatched request needs no counter and still answers OK.
+    let response = check(&app, call(&tenant, "GET", "/not-limited")).await;
+    assert_eq!(code(&response), Code::Ok);
+    redis.thaw();
+}
