@@ -315,7 +315,7 @@ async fn the_window_slides() {
     );
     let denied = check(&app, call(&tenant, "GET", "/s")).await;
     assert_eq!(code(&denied), Code::OverLimit);
-    let reset = denied.statuses[0].duration_until_reset.clone().unwrap();
+    let reset = denied.statuses[0].duration_until_reset.unwrap();
     assert!(reset.seconds == 0 && reset.nanos > 0, "{reset:?}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
@@ -597,7 +597,7 @@ async fn a_tenant_past_its_limit_is_denied_from_memory_until_a_policy_change() {
         let response = check(&app, call(&tenant, "GET", "/h")).await;
         assert!(started.elapsed() < Duration::from_millis(40));
         assert_eq!(code(&response), Code::OverLimit);
-        let reset = response.statuses[0].duration_until_reset.clone().unwrap();
+        let reset = response.statuses[0].duration_until_reset.unwrap();
         assert!(
             reset.seconds > 50,
             "the oldest hit leaves the 60 s window in ~60 s: {reset:?}"
