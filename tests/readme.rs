@@ -1,0 +1,188 @@
+//! The README's quick start and walkthrough, run exactly as written (the blocks are read from
+//! README.md, never copied here) against the embedded default: the real `sluice` binary with no
+//! `DATABASE_URL` and no `REDIS_URL`, in an empty directory, so SQLite and in-process counters.
+//! Only the address is substituted, so the test never needs port 8081 to be free.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The body of the README's fenced block whose info string is `sh <tag>`.
+fn readme_block(tag: &str) -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md is readable");
+    let opening = format!("```sh {tag}\n");
+    let start = readme
+        .find(&opening)
+        .unwrap_or_else(|| panic!("README.md has no ```sh {tag} block"))
+        + opening.len();
+    let end = readme[start..].find("\n```").expect("the block is closed") + start;
+    readme[start..end].to_owned()
+}
+
+/// `sluice` serving from `dir` on its embedded default, as `cargo run --release` would.
+struct Sluice {
+    child: Child,
+    grpc: String,
+    http_port: u16,
+}
+
+impl Sluice {
+    fn start(dir: &Path) -> Self {
+        let (grpc_port, http_port) = (support::free_port(), support::free_port());
+        let grpc = format!("127.0.0.1:{grpc_port}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        for var in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "REDIS_PASSWORD",
+            "SLUICE_JWT_HS256_SECRET",
+            "SLUICE_JWT_HS256_SECRET_FILE",
+            "SLUICE_JWT_PUBLIC_KEYS",
+            "SLUICE_JWT_ISSUER",
+            "SLUICE_JWT_AUDIENCE",
+        ] {
+            command.env_remove(var);
+        }
+        let child = command
+            .current_dir(dir)
+            .env("SLUICE_GRPC_ADDR", &grpc)
+            .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sluice starts");
+        let server = Self {
+            child,
+            grpc,
+            http_port,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.http_port)) {
+                use std::io::{Read, Write};
+                let _ = stream
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "sluice never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `script` in bash, in `dir`, with `sluice` and grpcurl on the PATH and the README's address
+    /// replaced by this server's.
+    fn run(&self, dir: &Path, script: &str) -> String {
+        let script = script.replace("localhost:8081", &self.grpc);
+        let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let grpcurl_dir = support::grpcurl_path().parent().unwrap().to_owned();
+        let path = format!(
+            "{}:{}:{}",
+            bin_dir.display(),
+            grpcurl_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let output = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir)
+            .env("PATH", path)
+            .env_remove("DATABASE_URL")
+            .env_remove("SLUICE_JWT_HS256_SECRET")
+            .output()
+            .expect("bash runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "the README commands failed ({}):\n{script}\n--- stdout\n{stdout}\n--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_readme_quick_start_reaches_over_limit_and_the_walkthrough_manages_policies() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let sluice = Sluice::start(dir.path());
+
+    // One shell, as a reader would: the walkthrough continues with the quick start's $TOKEN.
+    let script = format!(
+        "{}\n{}",
+        readme_block("quickstart"),
+        readme_block("walkthrough")
+    );
+    let output = sluice.run(dir.path(), &script);
+    let codes: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("overallCode"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "\"overallCode\": \"OK\",",
+            "\"overallCode\": \"OK\",",
+            "\"overallCode\": \"OVER_LIMIT\","
+        ],
+        "{output}"
+    );
+    assert!(dir.path().join("sluice.db").exists());
+    assert!(dir.path().join("sluice.secret").exists());
+    for expected in [
+        "sluice.admin.v1.PolicyService",
+        "envoy.service.ratelimit.v3.RateLimitService",
+        "\"maxRequests\": 10",
+        "\"tenantId\": \"*\"",
+    ] {
+        assert!(output.contains(expected), "missing {expected} in\n{output}");
+    }
+}
+
+#[test]
+fn policies_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let sluice = Sluice::start(dir.path());
+    sluice.run(dir.path(), &readme_block("quickstart"));
+    drop(sluice);
+
+    let restarted = Sluice::start(dir.path());
+    // The same check as the quick start's: the policy is there (and so is the secret) after the
+    // restart; the in-process counts start afresh.
+    let listed = restarted.run(
+        dir.path(),
+        "grpcurl -plaintext -H \"authorization: Bearer $(sluice token --tenant acme)\" -d '{}' \
+         localhost:8081 sluice.admin.v1.PolicyService/ListPolicies",
+    );
+    assert!(
+        listed.contains("\"endpointPattern\": \"GET /v1/**\""),
+        "{listed}"
+    );
+}
