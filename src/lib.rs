@@ -3,18 +3,34 @@
 //! A gRPC rate-limit service for Envoy: `ShouldRateLimit` answers from an exact sliding window
 //! kept in Redis, and platform engineers manage per-tenant policies over a JWT-scoped admin API.
 //!
+//! ## The hot path (`ShouldRateLimit` → snapshot → one counter call per tenant → response)
+//! 1. [`ratelimit::service`] — `envoy.service.ratelimit.v3.RateLimitService` parses the request
+//!    with [`ratelimit::request`] (input bounds → INVALID_ARGUMENT).
+//! 2. [`ratelimit::snapshot`] — each descriptor's policy from the in-memory
+//!    [`ratelimit::snapshot::PolicySnapshot`] (per-tenant [`domain::PatternSet`]s, then `*`
+//!    defaults): no await, no lock, no database.
+//! 3. [`ratelimit::over_limit_cache`] — certain denials answered from memory.
+//! 4. [`ratelimit::counter`] — the [`ratelimit::counter::SlidingWindowCounter`]: one atomic Lua
+//!    call per tenant in Redis (or the in-process twin), all under one deadline, behind the
+//!    [`ratelimit::breaker`]; failures answer per `SLUICE_FAILURE_MODE`.
+//! 5. Back in the service: one status per descriptor, `overall_code` never UNKNOWN.
+//!
+//! Nothing on this path imports the admin path or sqlx.
+//!
 //! ## The admin path (JWT → tenant scope → policy store)
 //! 1. [`admin::auth`] — the interceptor verifies the bearer JWT and puts a
 //!    [`domain::TenantScope`] into the request.
 //! 2. [`admin::service`] — `sluice.admin.v1.PolicyService` parses each request into
 //!    [`domain`] types and checks the scope; [`admin::error`] maps every failure to one status
 //!    code with a stable `ErrorInfo` reason; [`admin::page_token`] signs list cursors.
-//! 3. [`store`] — the [`store::PolicyStore`] trait and its PostgreSQL implementation; every
-//!    scoped query filters by tenant in SQL.
+//! 3. [`store`] — the [`store::PolicyStore`] trait with PostgreSQL and SQLite implementations
+//!    (chosen by `DATABASE_URL`); every scoped query filters by tenant in SQL.
 //!
 //! ## Where the paths meet
-//! [`policy_refresh`] loads enabled policies from the store (at start, on every change via
-//! `LISTEN sluice_policies`, and every 30 s) and hands them to the hot path's snapshot.
+//! [`policy_refresh`] loads enabled policies from the store (at start, after this instance's own
+//! changes before the RPC answers, on other instances' changes via `LISTEN sluice_policies`, and
+//! every 30 s) and [`startup`] hands them to the hot path's snapshot as plain [`domain::Policy`]
+//! values.
 //!
 //! ## Around both
 //! [`settings`] (every flag and environment variable), [`startup`] (builds and runs the

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser, error::ContextKind, error::ErrorKind};
 use sluice::{
     settings::{Cli, Command},
     startup::{self, Application},
@@ -11,7 +11,22 @@ use sluice::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("sluice: {}", settings_error_line(&err));
+            return ExitCode::from(2);
+        }
+    };
     telemetry::init_tracing(cli.settings.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,
@@ -29,6 +44,39 @@ async fn main() -> ExitCode {
             eprintln!("sluice: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command-line or environment error as one line, naming the environment variable behind the
+/// flag when there is one.
+fn settings_error_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
+    let long = err.get(ContextKind::InvalidArg).and_then(|arg| {
+        let shown = arg.to_string();
+        Some(
+            shown
+                .split_whitespace()
+                .next()?
+                .trim_start_matches("--")
+                .to_owned(),
+        )
+    });
+    let env = long.as_deref().and_then(|long| {
+        Cli::command()
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+    });
+    match (long, env) {
+        (Some(long), Some(env)) => format!("{first} (set by --{long} or {env})"),
+        _ => first,
     }
 }
 

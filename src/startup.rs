@@ -260,10 +260,11 @@ pub struct Application {
 impl Application {
     /// Opens the store (applying migrations), loads the JWT keys and binds both listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let opened = open_store(&settings, true).await?;
-        let jwt = jwt_config(&settings, &opened.kind)?;
+        // Keys first: a deployment that would refuse to start touches no database.
+        let jwt = jwt_config(&settings, &settings.database_kind()?)?;
         let page_tokens = PageTokenCodec::new(&page_token_key(&jwt));
         let verifier = Arc::new(JwtVerifier::new(jwt)?);
+        let opened = open_store(&settings, true).await?;
         let metrics = Metrics::new();
         let counter = open_counter(&settings).await?;
         let snapshot = Arc::new(SharedSnapshot::new());
