@@ -121,3 +121,47 @@ fn sigterm_drains_and_exits_zero() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    // PostgreSQL: the test's own fresh database.
+    let database = support::fresh_database().await;
+    let url = database.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        sluice()
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url)
+        .await
+        .unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'rate_policies'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables, 1);
+
+    // SQLite: the file is created.
+    let dir = tempfile::tempdir().unwrap();
+    let output = sluice()
+        .current_dir(dir.path())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dir.path().join("sluice.db").exists());
+}
