@@ -10,9 +10,12 @@ pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::domain::{
-    FieldViolation, NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope,
+    EndpointPattern, FieldViolation, Limits, NewPolicy, Policy, PolicyId, PolicyPatch,
+    PolicyTenant, TenantScope,
 };
 
 /// Why a store operation failed.
@@ -81,4 +84,86 @@ pub trait PolicyStore: Send + Sync + 'static {
 
     /// Every enabled policy, for the hot path's in-memory snapshot.
     async fn load_enabled(&self) -> Result<Vec<Policy>, StoreError>;
+}
+
+/// `EtagMismatch` unless `expected` is absent or the policy's current etag.
+fn check_etag(policy: &Policy, expected: Option<&str>) -> Result<(), StoreError> {
+    match expected {
+        Some(given) if given != policy.etag() => Err(StoreError::EtagMismatch {
+            given: given.to_owned(),
+            current: policy.etag(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A failed insert or update: a unique violation is the (tenant, pattern) conflict; anything else
+/// means the database failed.
+fn map_write_error(
+    err: sqlx::Error,
+    tenant: &PolicyTenant,
+    pattern: &EndpointPattern,
+) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
+            tenant: tenant.to_string(),
+            pattern: pattern.to_string(),
+        },
+        _ => StoreError::Unavailable(err),
+    }
+}
+
+/// A stored row in the types both databases can produce, parsed into a [`Policy`] in one place.
+struct StoredPolicy {
+    id: Uuid,
+    tenant_id: String,
+    endpoint_pattern: String,
+    max_requests: i64,
+    window_seconds: i64,
+    burst_limit: i64,
+    enabled: bool,
+    shadow: bool,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl StoredPolicy {
+    /// The policy, or `Corrupt` naming what a hand-edited row got wrong.
+    fn into_policy(self) -> Result<Policy, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: self.id.to_string(),
+            reason,
+        };
+        let tenant =
+            PolicyTenant::parse(&self.tenant_id).map_err(|e| corrupt(format!("tenant_id {e}")))?;
+        let pattern = EndpointPattern::parse(&self.endpoint_pattern)
+            .map_err(|e| corrupt(format!("endpoint_pattern {e}")))?;
+        let as_u32 = |v: i64| u32::try_from(v).unwrap_or(0);
+        let limits = Limits::new(
+            as_u32(self.max_requests),
+            as_u32(self.window_seconds),
+            as_u32(self.burst_limit),
+        )
+        .map_err(|violations| {
+            corrupt(
+                violations
+                    .iter()
+                    .map(|v| format!("{} {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        Ok(Policy {
+            id: PolicyId::from(self.id),
+            tenant,
+            pattern,
+            limits,
+            enabled: self.enabled,
+            shadow: self.shadow,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            version: self.version,
+        })
+    }
 }

@@ -12,10 +12,8 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{ListCursor, PolicyStore, StoreError};
-use crate::domain::{
-    EndpointPattern, Limits, NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope,
-};
+use super::{ListCursor, PolicyStore, StoreError, StoredPolicy, check_etag, map_write_error};
+use crate::domain::{NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope};
 
 /// Migrations for PostgreSQL, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -79,30 +77,6 @@ impl PgPolicyStore {
         .await
         .map_err(StoreError::Unavailable)?;
         row.ok_or(StoreError::NotFound)?.into_policy()
-    }
-}
-
-fn check_etag(policy: &Policy, expected: Option<&str>) -> Result<(), StoreError> {
-    match expected {
-        Some(given) if given != policy.etag() => Err(StoreError::EtagMismatch {
-            given: given.to_owned(),
-            current: policy.etag(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn map_write_error(
-    err: sqlx::Error,
-    tenant: &PolicyTenant,
-    pattern: &EndpointPattern,
-) -> StoreError {
-    match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
-            tenant: tenant.to_string(),
-            pattern: pattern.to_string(),
-        },
-        _ => StoreError::Unavailable(err),
     }
 }
 
@@ -263,39 +237,19 @@ struct PolicyRow {
 
 impl PolicyRow {
     fn into_policy(self) -> Result<Policy, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            id: self.id.to_string(),
-            reason,
-        };
-        let tenant =
-            PolicyTenant::parse(&self.tenant_id).map_err(|e| corrupt(format!("tenant_id {e}")))?;
-        let pattern = EndpointPattern::parse(&self.endpoint_pattern)
-            .map_err(|e| corrupt(format!("endpoint_pattern {e}")))?;
-        let as_u32 = |v: i32| u32::try_from(v).unwrap_or(0);
-        let limits = Limits::new(
-            as_u32(self.max_requests),
-            as_u32(self.window_seconds),
-            as_u32(self.burst_limit),
-        )
-        .map_err(|violations| {
-            corrupt(
-                violations
-                    .iter()
-                    .map(|v| format!("{} {}", v.field, v.description))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
-        Ok(Policy {
-            id: PolicyId::from(self.id),
-            tenant,
-            pattern,
-            limits,
+        StoredPolicy {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            endpoint_pattern: self.endpoint_pattern,
+            max_requests: self.max_requests.into(),
+            window_seconds: self.window_seconds.into(),
+            burst_limit: self.burst_limit.into(),
             enabled: self.enabled,
             shadow: self.shadow,
+            version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
-            version: self.version,
-        })
+        }
+        .into_policy()
     }
 }
