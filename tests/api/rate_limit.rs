@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use crate::{
     helpers::{TestApp, http_get, new_policy, secret, spawn_app_with, try_spawn_app_on},
-    support::{self, OwnedRedis},
+    support::{self, OwnedRedis, OwnedRedisCluster},
 };
 
 /// The counter deadline of tests that are not about the deadline: the suite runs many debug-build
@@ -667,4 +667,48 @@ async fn failure_mode_unavailable_answers_unavailable() {
     let response = check(&app, call(&tenant, "GET", "/not-limited")).await;
     assert_eq!(code(&response), Code::Ok);
     redis.thaw();
+}
+
+#[tokio::test]
+async fn counts_in_a_redis_cluster_with_every_tenant_in_one_slot() {
+    let cluster = OwnedRedisCluster::start().await;
+    let url = cluster.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.redis_url = Some(secret(&url));
+        s.redis_key_prefix = support::unique_redis_prefix();
+        s.redis_timeout_ms = RELAXED_DEADLINE_MS;
+    })
+    .await;
+    policy(&app, new_policy("*", "/a/**", 2)).await;
+    policy(&app, new_policy("*", "/b/**", 5)).await;
+    // Two descriptors of one tenant in one request: one Lua call over two keys, which Redis
+    // Cluster accepts only because both carry the tenant's hash tag.
+    let both = |tenant: &str| {
+        request(vec![
+            descriptor(&[("tenant_id", tenant), ("path", "/a/x")]),
+            descriptor(&[("tenant_id", tenant), ("path", "/b/x")]),
+        ])
+    };
+    let tenants: Vec<String> = (0..12).map(|i| unique_tenant(&format!("t{i}"))).collect();
+    for tenant in &tenants {
+        let codes: Vec<Code> = {
+            let mut codes = Vec::new();
+            for _ in 0..3 {
+                let response = check(&app, both(tenant)).await;
+                assert!(
+                    response.statuses.iter().all(|s| s.current_limit.is_some()),
+                    "counted, not failed open: {response:?}"
+                );
+                codes.push(code(&response));
+            }
+            codes
+        };
+        assert_eq!(codes, [Code::Ok, Code::Ok, Code::OverLimit], "{tenant}");
+    }
+    let spread = cluster
+        .ports
+        .iter()
+        .filter(|p| cluster.keys_on(**p) > 0)
+        .count();
+    assert!(spread >= 2, "12 tenants should land on more than one node");
 }

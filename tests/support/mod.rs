@@ -24,5 +24,5 @@ pub use postgres::{
     PrivatePostgres, TestDatabase, fresh_database, postgres_admin_url, start_private_postgres,
 };
 pub use process::free_port;
-pub use redis::{OwnedRedis, redis_ping, redis_url, unique_redis_prefix};
+pub use redis::{OwnedRedis, OwnedRedisCluster, redis_ping, redis_url, unique_redis_prefix};
 pub use tools::{envoy_path, grpcurl_path};

@@ -117,6 +117,10 @@ impl OwnedRedis {
 
 /// Starts `redis-server` on `port` from a dedicated thread and waits until it answers PING.
 async fn spawn_redis(port: u16) -> Result<ServerThread, String> {
+    spawn_redis_with(port, Vec::new()).await
+}
+
+async fn spawn_redis_with(port: u16, extra_args: Vec<String>) -> Result<ServerThread, String> {
     let binary = find_on_path("redis-server")
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
         .unwrap_or_else(|| panic!("redis-server not found: {INSTALL_HINT}"));
@@ -125,6 +129,7 @@ async fn spawn_redis(port: u16) -> Result<ServerThread, String> {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--loglevel", "warning"])
+            .args(&extra_args)
             .arg("--dir")
             .arg(std::env::temp_dir())
             .stdin(Stdio::null())
@@ -205,4 +210,119 @@ pub async fn redis_ping(url: &str, timeout: Duration) -> Result<(), String> {
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| format!("no PONG from {url} within {timeout:?}"))?
+}
+
+/// A three-node Redis Cluster (no replicas) one test owns, on free ports, started from the
+/// installed `redis-server` and joined with `redis-cli --cluster create`.
+pub struct OwnedRedisCluster {
+    /// `redis-cluster://` URL naming every node.
+    pub url: String,
+    pub ports: Vec<u16>,
+    nodes: Vec<ServerThread>,
+    /// The nodes' cluster state files (in the temp dir), removed on drop.
+    config_files: Vec<PathBuf>,
+}
+
+impl OwnedRedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        let mut config_files = Vec::new();
+        while nodes.len() < 3 {
+            let port = free_port();
+            let config = format!(
+                "sluice-test-cluster-{port}-{}.conf",
+                uuid::Uuid::new_v4().simple()
+            );
+            config_files.push(std::env::temp_dir().join(&config));
+            let args = vec![
+                "--cluster-enabled".to_owned(),
+                "yes".to_owned(),
+                "--cluster-config-file".to_owned(),
+                config,
+                "--cluster-node-timeout".to_owned(),
+                "2000".to_owned(),
+            ];
+            if let Ok(server) = spawn_redis_with(port, args).await {
+                nodes.push(server);
+                ports.push(port);
+            }
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let cli = find_on_path("redis-cli")
+            .unwrap_or_else(|| panic!("redis-cli not found: install redis-tools"));
+        let output = std::process::Command::new(cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        for port in &ports {
+            while !cluster_ok(*port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never reached state ok"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let url = format!(
+            "redis-cluster://{}?{}",
+            addresses[0],
+            addresses[1..]
+                .iter()
+                .map(|a| format!("node={a}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        );
+        Self {
+            url,
+            ports,
+            nodes,
+            config_files,
+        }
+    }
+
+    /// Keys held by the node on `port`.
+    pub fn keys_on(&self, port: u16) -> u64 {
+        let reply = raw_command(port, "DBSIZE").unwrap_or_default();
+        reply
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for OwnedRedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop("KILL");
+        }
+        for file in &self.config_files {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+fn cluster_ok(port: u16) -> bool {
+    raw_command(port, "CLUSTER INFO").is_some_and(|info| info.contains("cluster_state:ok"))
+}
+
+/// One inline command over a fresh connection; the raw reply.
+fn raw_command(port: u16, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buffer = [0u8; 4096];
+    let n = stream.read(&mut buffer).ok()?;
+    Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
 }
