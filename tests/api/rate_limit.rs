@@ -712,3 +712,58 @@ async fn counts_in_a_redis_cluster_with_every_tenant_in_one_slot() {
         .count();
     assert!(spread >= 2, "12 tenants should land on more than one node");
 }
+
+#[tokio::test]
+async fn no_window_length_span_admits_more_than_max_across_several_windows() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("exact");
+    let mut p = new_policy(&tenant, "/e", 5);
+    p.window_seconds = 1;
+    policy(&app, p).await;
+    // For 3.5 windows, 4 concurrent clients ask as fast as they can; each admitted hit is recorded
+    // with the moment its request was sent (before Redis counted it) and answered (after).
+    let deadline = Instant::now() + Duration::from_millis(3_500);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = rls(&app);
+        let req = call(&tenant, "GET", "/e");
+        clients.push(tokio::spawn(async move {
+            let mut admitted = Vec::new();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let response = client
+                    .should_rate_limit(req.clone())
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if response.overall_code == Code::Ok as i32 {
+                    admitted.push((sent, Instant::now()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            admitted
+        }));
+    }
+    let mut admitted = Vec::new();
+    for c in clients {
+        admitted.extend(c.await.unwrap());
+    }
+    admitted.sort();
+    assert!(
+        admitted.len() >= 15,
+        "some hits in each of the windows: {}",
+        admitted.len()
+    );
+    // Redis counted each hit somewhere in [sent, answered]. Any max + 1 = 6 admitted hits must
+    // have been counted at least one window apart (first to last), so the last answer of the
+    // group comes at least a window after its first sending.
+    for group in admitted.windows(6) {
+        let first_sent = group[0].0;
+        let last_answered = group.iter().map(|(_, answered)| *answered).max().unwrap();
+        let span = last_answered.duration_since(first_sent);
+        assert!(
+            span >= Duration::from_millis(999),
+            "6 hits admitted within {span:?}, inside one 1 s window"
+        );
+    }
+}
