@@ -261,6 +261,23 @@ impl EnvoyProxy {
     }
 }
 
+impl EnvoyProxy {
+    /// The value of one stat by its full name (`http.edge.jwt_authn.denied`); 0 when Envoy has not
+    /// created it.
+    pub async fn stat(&self, name: &str) -> u64 {
+        let reply = get(self.admin, "/stats")
+            .await
+            .unwrap_or_else(|err| panic!("cannot read envoy stats: {err}"));
+        reply
+            .body
+            .lines()
+            .filter_map(|line| line.split_once(": "))
+            .find(|(stat, _)| *stat == name)
+            .and_then(|(_, value)| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// Envoy's `cluster.backend.ratelimit.*` counters; a counter Envoy never created reads 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitStats(BTreeMap<String, u64>);

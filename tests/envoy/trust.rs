@@ -90,6 +90,7 @@ async fn unsigned_foreign_and_expired_tokens_are_rejected_by_envoy_before_any_li
         assert_no_limit_headers(&reply);
     }
     assert_eq!(stack.backend.hits(), 0);
+    assert_eq!(stack.envoy.stat("http.edge.jwt_authn.denied").await, 4);
     let stats = stack.envoy.ratelimit_stats().await;
     assert_eq!(
         (stats.ok(), stats.over_limit(), stats.error()),
