@@ -125,7 +125,11 @@ impl EnvoyProxy {
         sluice: SocketAddr,
         issuer: &TokenIssuer,
     ) -> EnvoyProxy {
-        assert!(backend.ip().is_loopback() && sluice.ip().is_loopback());
+        // Only the ports are rewritten; the shipped clusters already point at 127.0.0.1.
+        assert!(
+            backend.ip().is_loopback() && sluice.ip().is_loopback(),
+            "backend {backend} and Sluice {sluice} must listen on 127.0.0.1"
+        );
         let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("no temp dir: {err}"));
         let jwks = dir.path().join("jwks.json");
         issuer.write_jwks(&jwks);
@@ -160,8 +164,8 @@ impl EnvoyProxy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            // Hot restart needs shared memory keyed by the base id; parallel test Envoys would
-            // collide on it. The random base id covers versions that keep some of it anyway.
+            // Hot restart keeps shared memory keyed by the base id, which parallel test Envoys
+            // would fight over: turn it off, and give each its own base id all the same.
             .arg("--disable-hot-restart")
             .args(["--base-id", &rand::random::<u16>().to_string()])
             .args(["--concurrency", "1", "--log-level", "warning"])
