@@ -27,7 +27,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_tracing(cli.settings.log_format);
+    let telemetry = match telemetry::init_tracing(cli.settings.log_format) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("sluice: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,
         Command::Migrate => startup::open_store(&cli.settings, true)
@@ -37,6 +43,8 @@ async fn main() -> ExitCode {
             startup::mint_token(&cli.settings, &args).map(|token| println!("{token}"))
         }
     };
+    // Last step of shutdown: flush buffered spans.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,30 +1,111 @@
-//! Telemetry: the tracing subscriber (text or JSON, levels from `RUST_LOG`), the Prometheus
-//! registry with every series of SPEC §5, and the tower layer that counts and times each gRPC call.
+//! Telemetry: the tracing subscriber (text or JSON, levels from `RUST_LOG`), OTLP trace export
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the Prometheus registry with every series of SPEC §5,
+//! and the tower layer that counts and times each gRPC call and — with OTLP on — opens its span
+//! under the W3C trace context (`traceparent`) of the incoming metadata.
 
 use std::{
     io::IsTerminal,
     pin::Pin,
+    sync::atomic::{AtomicBool, Ordering},
     task::{Context, Poll},
     time::Instant,
 };
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{
+    Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider,
+    trace::span_processor_with_async_runtime::BatchSpanProcessor,
+};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::settings::LogFormat;
 
+/// Whether RPC spans are exported. Process-wide, like the tracing subscriber and the OpenTelemetry
+/// propagator it goes with; set once by [`init_tracing`].
+static RPC_SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Keeps trace export alive; [`TelemetryGuard::shutdown`] flushes what is buffered.
+#[must_use = "dropping the guard does not flush buffered spans; call shutdown() at exit"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans go to an OTLP collector.
+    pub fn exports_traces(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes buffered spans and stops export (the last step of shutdown).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("sluice: flushing traces at exit failed: {err}");
+        }
+    }
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// Whether the standard `OTEL_*` variables ask for OTLP trace export.
+fn otlp_traces_wanted() -> bool {
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled
+        && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Builds the OTLP/gRPC span exporter from the standard `OTEL_*` variables. Must run inside the
+/// Tokio runtime: the batch processor exports on it.
+fn otlp_provider() -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|err| {
+            format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {err}")
+        })?;
+    // The async-runtime processor exports on our Tokio runtime; the default one exports from a
+    // plain thread, where tonic finds no reactor.
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let mut resource = Resource::builder();
+    if !env_set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("sluice");
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource.build())
+        .build())
+}
+
 /// Installs the global tracing subscriber. `format` `None` picks text on a terminal, else JSON.
-pub fn init_tracing(format: Option<LogFormat>) {
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans are
+/// also exported over OTLP/gRPC, with W3C trace context taken from incoming gRPC metadata.
+pub fn init_tracing(format: Option<LogFormat>) -> Result<TelemetryGuard, String> {
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Text
     } else {
         LogFormat::Json
     });
+    let provider = if otlp_traces_wanted() {
+        Some(otlp_provider()?)
+    } else {
+        None
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("sluice")));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let result = match format {
         LogFormat::Text => registry
             .with(fmt::layer().with_writer(std::io::stderr))
@@ -41,7 +122,25 @@ pub fn init_tracing(format: Option<LogFormat>) {
             .try_init(),
     };
     // A second init (tests that build several apps in one process) keeps the first subscriber.
-    let _ = result;
+    if result.is_ok() && provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        RPC_SPANS.store(true, Ordering::Release);
+        tracing::info!("traces: exported over OTLP");
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// Reads W3C trace-context headers (`traceparent`, `tracestate`) from gRPC request metadata.
+struct MetadataExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 /// Check-latency buckets: the hot path lives between 100 µs and the 50 ms deadline.
@@ -221,24 +320,47 @@ where
         let method = request.uri().path().to_owned();
         let metrics = self.metrics.clone();
         let started = Instant::now();
+        // Only with OTLP on: a span per RPC, a child of the caller's W3C trace context.
+        let span = if RPC_SPANS.load(Ordering::Acquire) {
+            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.extract(&MetadataExtractor(request.headers()))
+            });
+            let span = tracing::info_span!(
+                "grpc",
+                otel.name = %method.trim_start_matches('/'),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.method = %method,
+                rpc.grpc.status_code = tracing::field::Empty,
+            );
+            let _ = span.set_parent(parent);
+            span
+        } else {
+            tracing::Span::none()
+        };
         let future = self.inner.call(request);
-        Box::pin(async move {
-            let result = future.await;
-            let code = match &result {
-                // A unary error is sent "trailers-only": grpc-status in the headers. Without it the
-                // call succeeded (its OK status follows in the trailers).
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map(tonic::Code::from_i32)
-                    .unwrap_or(tonic::Code::Ok),
-                Err(_) => tonic::Code::Internal,
-            };
-            metrics.observe_grpc(&method, code_name(code), started);
-            result
-        })
+        let record_in = span.clone();
+        Box::pin(
+            async move {
+                let result = future.await;
+                let code = match &result {
+                    // A unary error is sent "trailers-only": grpc-status in the headers. Without it the
+                    // call succeeded (its OK status follows in the trailers).
+                    Ok(response) => response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map(tonic::Code::from_i32)
+                        .unwrap_or(tonic::Code::Ok),
+                    Err(_) => tonic::Code::Internal,
+                };
+                metrics.observe_grpc(&method, code_name(code), started);
+                record_in.record("rpc.grpc.status_code", code as i64);
+                result
+            }
+            .instrument(span),
+        )
     }
 }
 
