@@ -590,12 +590,11 @@ async fn a_tenant_past_its_limit_is_denied_from_memory_until_a_policy_change() {
             expected
         );
     }
-    // Redis frozen: the denials still come, at once, and no Redis error is counted.
+    // Redis frozen: the denials still come and no Redis error is counted. (A call that reached
+    // the frozen Redis would miss its deadline and fail open, answering OK.)
     redis.freeze();
     for _ in 0..20 {
-        let started = Instant::now();
         let response = check(&app, call(&tenant, "GET", "/h")).await;
-        assert!(started.elapsed() < Duration::from_millis(40));
         assert_eq!(code(&response), Code::OverLimit);
         let reset = response.statuses[0].duration_until_reset.unwrap();
         assert!(
