@@ -21,7 +21,7 @@ for scenario in "${scenarios[@]}"; do
     for which in base new; do
       bin=$base
       [[ $which == new ]] && bin=$new
-      out=$(BENCH_SCENARIOS=$scenario "$bin")
+      out=$(BENCH_SCENARIOS=$scenario "$bin" --bench)
       line=$(grep -E "^$scenario +[0-9]" <<<"$out" || true)
       cpu=$(grep -A1 -E "^$scenario +[0-9]" <<<"$out" | tail -1)
       echo "round $round $which: $line" >&2
