@@ -105,6 +105,40 @@ impl CircuitBreaker {
     }
 }
 
+/// Held by the check that is the breaker's probe. If that check is dropped before it recorded an
+/// outcome (its RPC was cancelled), dropping the slot frees it, so the breaker cannot stay open
+/// forever waiting on a probe that will never report.
+#[must_use = "dropping the slot at once frees the probe"]
+pub struct ProbeSlot<'a> {
+    breaker: &'a CircuitBreaker,
+    armed: bool,
+}
+
+impl ProbeSlot<'_> {
+    /// The probe is about to record its outcome; keep the slot as that leaves it.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.breaker.probe_in_flight.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// The slot of the probe [`CircuitBreaker::admit`] just granted.
+    pub fn hold_probe(&self) -> ProbeSlot<'_> {
+        ProbeSlot {
+            breaker: self,
+            armed: true,
+        }
+    }
+}
+
 /// A warning logged at most once a second, with the count of the ones suppressed meanwhile.
 #[derive(Debug)]
 pub struct RateLimitedWarning {
@@ -182,6 +216,21 @@ mod tests {
         assert_eq!(b.admit(), Admission::Probe);
         b.record_failure();
         assert_eq!(b.admit(), Admission::Reject);
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_its_slot() {
+        let b = breaker();
+        for _ in 0..FAILURES_TO_OPEN {
+            b.record_failure();
+        }
+        std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
+        assert_eq!(b.admit(), Admission::Probe);
+        let slot = b.hold_probe();
+        assert_eq!(b.admit(), Admission::Reject, "one probe at a time");
+        // The probing RPC is cancelled: its future, and the slot, are dropped unrecorded.
+        drop(slot);
+        assert_eq!(b.admit(), Admission::Probe, "the next check may probe");
     }
 
     #[test]

@@ -380,9 +380,12 @@ impl RateLimiter {
         groups: &[(&str, Vec<usize>)],
         which: &[usize],
     ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
-        if self.breaker.admit() == Admission::Reject {
+        let admission = self.breaker.admit();
+        if admission == Admission::Reject {
             return self.fail("circuit breaker open", None);
         }
+        // Freed if this RPC is cancelled while probing; disarmed once the outcome is recorded.
+        let probe = (admission == Admission::Probe).then(|| self.breaker.hold_probe());
         let checks: Vec<Vec<CounterCheck<'_>>> = which
             .iter()
             .map(|g| {
@@ -399,7 +402,11 @@ impl RateLimiter {
                 .zip(&checks)
                 .map(|(g, checks)| self.counter.check(groups[*g].0, checks)),
         );
-        match tokio::time::timeout(self.deadline, step).await {
+        let outcome = tokio::time::timeout(self.deadline, step).await;
+        if let Some(probe) = probe {
+            probe.disarm();
+        }
+        match outcome {
             Ok(Ok(verdicts)) => {
                 self.breaker.record_success();
                 Ok(Some(verdicts))
