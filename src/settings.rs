@@ -163,6 +163,11 @@ pub struct Settings {
     )]
     pub failure_mode: FailureMode,
 
+    /// Seconds that shutdown waits for in-flight calls and open streams (e.g. health Watch)
+    /// before closing the remaining connections; keep it under the orchestrator's kill timeout.
+    #[arg(long = "shutdown-grace-seconds", env = "SLUICE_SHUTDOWN_GRACE_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3_600), global = true)]
+    pub shutdown_grace_seconds: u64,
+
     /// Shared secret for HS256 tokens.
     #[arg(
         long = "jwt-hs256-secret",
@@ -241,6 +246,10 @@ impl Settings {
     /// Settings with every default, as `sluice serve` with no flags and no environment would have.
     pub fn defaults() -> Self {
         Cli::parse_from(["sluice"]).settings
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
     }
 
     pub fn redis_timeout(&self) -> Duration {

@@ -32,12 +32,15 @@ use crate::{
         snapshot::{PolicySnapshot, SharedSnapshot},
     },
     settings::{DatabaseKind, SecretString, Settings, SettingsError},
-    store::{PolicyStore, postgres::PgPolicyStore},
+    store::{PolicyStore, deadline::DeadlineStore, postgres::PgPolicyStore},
     telemetry::{GrpcMetricsLayer, Metrics, error_chain},
 };
 
 /// How long an admin call waits for a database connection before answering UNAVAILABLE.
 const DB_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long any one store call may take in all (connection, queries, commit) before it is cut
+/// off and answers UNAVAILABLE; a policy reload is bounded the same way.
+const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the service could not start. Each message names the setting or resource at fault.
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +258,7 @@ pub struct Application {
     metrics: Metrics,
     readiness: Readiness,
     refresher: Arc<PolicyRefresher>,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -265,6 +269,8 @@ impl Application {
         let page_tokens = PageTokenCodec::new(&page_token_key(&jwt));
         let verifier = Arc::new(JwtVerifier::new(jwt)?);
         let opened = open_store(&settings, true).await?;
+        let store: Arc<dyn PolicyStore> =
+            Arc::new(DeadlineStore::new(opened.store, STORE_CALL_TIMEOUT));
         let metrics = Metrics::new();
         let counter = open_counter(&settings).await?;
         let snapshot = Arc::new(SharedSnapshot::new());
@@ -288,11 +294,7 @@ impl Application {
             policies_gauge.set(compiled.len() as i64);
             snapshot.store(compiled);
         });
-        let refresher = Arc::new(PolicyRefresher::new(
-            opened.store.clone(),
-            opened.listen,
-            apply,
-        ));
+        let refresher = Arc::new(PolicyRefresher::new(store.clone(), opened.listen, apply));
         let local_refresh = refresher.clone();
         let on_change: PolicyChangeHook = Arc::new(move || {
             let refresher = local_refresh.clone();
@@ -303,7 +305,7 @@ impl Application {
             })
         });
         let admin = PolicyAdmin::new(
-            opened.store,
+            store,
             settings.default_window_seconds,
             page_tokens,
             on_change,
@@ -321,6 +323,7 @@ impl Application {
             metrics,
             readiness: Readiness::default(),
             refresher,
+            shutdown_grace: settings.shutdown_grace(),
         })
     }
 
@@ -394,6 +397,7 @@ impl Application {
 
         // The shutdown sequence: first tell load balancers, then stop the servers.
         let (servers_stop_tx, servers_stop_rx) = watch::channel(false);
+        let servers_stop_rx_for_grace = servers_stop_rx.clone();
         let health_for_shutdown = health.clone();
         let readiness_for_shutdown = readiness.clone();
         tokio::spawn(async move {
@@ -433,7 +437,21 @@ impl Application {
             .with_graceful_shutdown(wait_for(servers_stop_rx));
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "sluice is serving");
 
-        let (grpc_result, http_result) = tokio::join!(grpc, async { http.await });
+        // Drain, but not forever: a long-lived stream (a client's health Watch, say) never ends
+        // by itself, so after the grace period the remaining connections are closed.
+        let serving = async { tokio::join!(grpc, async { http.await }) };
+        let grace = self.shutdown_grace;
+        let grace_over = async move {
+            wait_for(servers_stop_rx_for_grace).await;
+            tokio::time::sleep(grace).await;
+        };
+        let (grpc_result, http_result) = tokio::select! {
+            results = serving => results,
+            () = grace_over => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "shutdown grace period over; closing the connections still open");
+                (Ok(()), Ok(()))
+            }
+        };
         let _ = stop_tx.send(true);
         let _ = refresh_task.await;
         grpc_result

@@ -83,9 +83,9 @@ impl From<StoreError> for AdminError {
             StoreError::Conflict { tenant, pattern } => Self::Conflict { tenant, pattern },
             StoreError::EtagMismatch { given, current } => Self::EtagMismatch { given, current },
             StoreError::Invalid(violations) => Self::Invalid(violations),
-            other @ (StoreError::Unavailable(_) | StoreError::Corrupt { .. }) => {
-                Self::Unavailable(other)
-            }
+            other @ (StoreError::Unavailable(_)
+            | StoreError::TimedOut(_)
+            | StoreError::Corrupt { .. }) => Self::Unavailable(other),
         }
     }
 }

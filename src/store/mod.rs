@@ -6,6 +6,7 @@
 //! tenant in the SQL itself, so a tenant-scoped caller can never read or change another tenant's
 //! row, whatever the layer above does.
 
+pub mod deadline;
 pub mod postgres;
 pub mod sqlite;
 
@@ -36,6 +37,9 @@ pub enum StoreError {
     /// The database could not be reached or failed.
     #[error("policy store unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database accepted the call but did not finish it in time.
+    #[error("policy store did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// A stored row does not parse as a policy (edited by hand?).
     #[error("stored policy {id} is invalid: {reason}")]
     Corrupt { id: String, reason: String },

@@ -10,7 +10,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    helpers::{TestApp, expect_error, http_get, new_policy, spawn_app},
+    helpers::{TestApp, expect_error, http_get, new_policy, spawn_app, spawn_app_with},
     support,
 };
 
@@ -118,6 +118,14 @@ async fn a_database_outage_answers_unavailable_and_recovers() {
     let started = Instant::now();
     let list = app.list(&acme, "", 0, "").await;
     took.push(started.elapsed());
+    let mut raised = existing.clone();
+    raised.max_requests = 99;
+    let started = Instant::now();
+    let update = app.update(&acme, raised, &["max_requests"]).await;
+    took.push(started.elapsed());
+    let started = Instant::now();
+    let delete = app.delete(&acme, &existing.id, "").await;
+    took.push(started.elapsed());
     let health = health_status(&app, "").await;
     let healthz = http_get(app.http_addr, "/healthz").await;
     reconnect(&mut admin, &database).await;
@@ -127,6 +135,8 @@ async fn a_database_outage_answers_unavailable_and_recovers() {
         ("CreatePolicy", create.map(|_| ())),
         ("GetPolicy", get.map(|_| ())),
         ("ListPolicies", list.map(|_| ())),
+        ("UpdatePolicy", update.map(|_| ())),
+        ("DeletePolicy", delete),
     ] {
         let status = expect_error(result, Code::Unavailable, "STORE_UNAVAILABLE");
         assert!(
@@ -153,8 +163,55 @@ async fn a_database_outage_answers_unavailable_and_recovers() {
             Err(status) => panic!("still failing after the database came back: {status:?}"),
         }
     };
-    assert_eq!(fetched, existing);
+    assert_eq!(
+        fetched, existing,
+        "the failed update and delete changed nothing"
+    );
     app.create_ok(&acme, new_policy("acme", "/v2/**", 10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_database_answers_unavailable_and_keeps_nothing_half_done() {
+    // Arrange: the database accepts connections, but a lock held by the test makes every query
+    // on the policies table wait, as a stuck migration or a hung peer would.
+    let app = spawn_app().await;
+    let acme = app.token("acme");
+    let existing = app.create_ok(&acme, new_policy("acme", "/v1/**", 10)).await;
+    let mut locker = app.database_connection().await;
+    sqlx::query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE rate_policies IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock the table");
+
+    // Act
+    let mut raised = existing.clone();
+    raised.max_requests = 99;
+    let started = Instant::now();
+    let update = tokio::time::timeout(
+        Duration::from_secs(15),
+        app.update(&acme, raised, &["max_requests"]),
+    )
+    .await;
+    let took = started.elapsed();
+    sqlx::query("COMMIT")
+        .execute(&mut locker)
+        .await
+        .expect("release the lock");
+
+    // Assert: UNAVAILABLE after the store deadline (5 s), not a hang; and the write that was cut
+    // off did not land.
+    let update = update.expect("the call answered instead of hanging on the stalled database");
+    expect_error(update, Code::Unavailable, "STORE_UNAVAILABLE");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(9),
+        "the call waited for the store deadline, took {took:?}"
+    );
+    let after = app.get(&acme, &existing.id).await.expect("get after");
+    assert_eq!(after, existing);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,6 +267,47 @@ async fn shutdown_lets_a_call_in_flight_finish_then_stops() {
     let listed = listed.expect("the call in flight succeeds").into_inner();
     assert_eq!(listed.policies, vec![created]);
     result.expect("a clean exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_health_watchers_not_serving_and_does_not_wait_on_them_forever() {
+    // Arrange: a client watching health (grpc-go's client-side health checking does this); its
+    // stream never ends by itself
+    let app = spawn_app_with(|settings| settings.shutdown_grace_seconds = 1).await;
+    let mut watch = HealthClient::new(app.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch health")
+        .into_inner();
+    let first = watch.message().await.expect("first update");
+
+    // Act
+    let started = Instant::now();
+    let stopped = tokio::spawn(app.shutdown());
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message()).await;
+    let result = tokio::time::timeout(Duration::from_secs(10), stopped).await;
+
+    // Assert: the watcher hears NOT_SERVING first, then the server stops after the grace period
+    assert_eq!(
+        first.map(|m| m.status()),
+        Some(ServingStatus::Serving),
+        "serving before shutdown"
+    );
+    let next = next
+        .expect("an update soon after shutdown")
+        .expect("the update arrives on the stream");
+    assert_eq!(next.map(|m| m.status()), Some(ServingStatus::NotServing));
+    result
+        .expect("the server stopped although a Watch stream was still open")
+        .expect("the shutdown task")
+        .expect("a clean exit");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped after the 1 s grace period, took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
