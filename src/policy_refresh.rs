@@ -105,9 +105,14 @@ impl PolicyRefresher {
                     }
                 } => match notification {
                     Ok(Some(_)) => stale = true,
-                    // None: the connection dropped; PgListener reconnects on the next call,
-                    // and notifications sent meanwhile are lost, so reload in full.
-                    Ok(None) => stale = true,
+                    // None: the connection dropped and notifications sent meanwhile are lost.
+                    // Drop the listener so the next turn LISTENs again *before* the full reload:
+                    // a change made between the reload and a later reconnect would otherwise
+                    // wait for the 30 s safety net.
+                    Ok(None) => {
+                        listener = None;
+                        stale = true;
+                    }
                     Err(err) => {
                         tracing::warn!(error = %error_chain(&err), "policy change listener failed; reconnecting");
                         listener = None;

@@ -277,7 +277,26 @@ impl pb::policy_service_server::PolicyService for PolicyAdmin {
             .ok_or_else(|| AdminError::invalid("policy", "must be given"))?;
         let id = parse_id(&policy.id, "policy.id")?;
         tracing::Span::current().record("policy", id.to_string());
-        let patch = Self::patch(&policy, request.update_mask.as_ref())?;
+        let mask = request.update_mask.as_ref();
+        let patch = Self::patch(&policy, mask)?;
+        // With an empty mask every populated field is part of the update, so a `tenant_id` that
+        // differs from the policy's own is a request to move it, which is refused rather than
+        // silently ignored. (With a mask, fields outside it are ignored, as AIP-134 says.)
+        if mask.is_none_or(|m| m.paths.is_empty())
+            && let Some(given) = non_empty(&policy.tenant_id)
+        {
+            let current = self.store.get(&scope, id).await.map_err(AdminError::from)?;
+            if given != current.tenant.as_str() {
+                return Err(AdminError::invalid(
+                    "policy.tenant_id",
+                    format!(
+                        "tenant_id cannot be changed (this policy belongs to {}); create a policy for {given:?} instead",
+                        current.tenant
+                    ),
+                )
+                .into());
+            }
+        }
         let updated = self
             .store
             .update(&scope, id, non_empty(&policy.etag), &patch)

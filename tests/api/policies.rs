@@ -640,6 +640,34 @@ async fn update_masks_naming_unknown_or_immutable_fields_are_refused() {
 }
 
 #[tokio::test]
+async fn an_update_without_a_mask_refuses_to_move_a_policy_to_another_tenant() {
+    // Arrange: a full policy as Get returned it, edited, and sent back without a mask
+    let app = spawn_app().await;
+    let admin = app.admin_token();
+    let created = app
+        .create_ok(&admin, new_policy("acme", "/v1/**", 10))
+        .await;
+    let mut moved = created.clone();
+    moved.tenant_id = "globex".into();
+    moved.max_requests = 20;
+    let mut same_tenant = created.clone();
+    same_tenant.max_requests = 30;
+
+    // Act
+    let refused = app.update(&admin, moved, &[]).await;
+    let unchanged = app.get(&admin, &created.id).await.expect("get");
+    let accepted = app.update(&admin, same_tenant, &[]).await;
+
+    // Assert: refused, naming the field, with nothing applied; the policy's own tenant is fine
+    let status = expect_error(refused, Code::InvalidArgument, INVALID);
+    assert_eq!(violation_fields(&status), ["policy.tenant_id"]);
+    assert_eq!(unchanged, created);
+    let accepted = accepted.expect("an update that repeats the policy's own tenant");
+    assert_eq!(accepted.tenant_id, "acme");
+    assert_eq!(accepted.max_requests, 30);
+}
+
+#[tokio::test]
 async fn an_update_with_nothing_to_change_or_a_bad_id_is_invalid() {
     // Arrange
     let app = spawn_app().await;
