@@ -234,16 +234,22 @@ fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     file.write_all(b"\n")
 }
 
-/// Secret material the page-token key is derived from: the HS256 secret, else the public keys.
-fn page_token_key(config: &JwtConfig) -> Vec<u8> {
-    if let Some(secret) = &config.hs256_secret {
-        return secret.clone();
-    }
-    config
-        .public_keys_path
-        .as_ref()
-        .and_then(|p| std::fs::read(p).ok())
-        .unwrap_or_default()
+/// The key that signs `ListPolicies` page tokens: a random secret kept in the database and
+/// shared by every instance on it (the first instance to start creates it). Not derived from the
+/// JWT configuration, whose public keys anyone may hold.
+async fn page_token_key(store: &dyn PolicyStore) -> Result<Vec<u8>, StartupError> {
+    use rand::RngCore;
+    let mut candidate = [0u8; 32];
+    rand::rng().fill_bytes(&mut candidate);
+    store
+        .shared_secret("page_tokens", &candidate)
+        .await
+        .map_err(|err| {
+            StartupError::Database(format!(
+                "cannot read or create the page-token secret: {}",
+                error_chain(&err)
+            ))
+        })
 }
 
 /// A built, bound, not yet running Sluice.
@@ -266,11 +272,11 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // Keys first: a deployment that would refuse to start touches no database.
         let jwt = jwt_config(&settings, &settings.database_kind()?)?;
-        let page_tokens = PageTokenCodec::new(&page_token_key(&jwt));
         let verifier = Arc::new(JwtVerifier::new(jwt)?);
         let opened = open_store(&settings, true).await?;
         let store: Arc<dyn PolicyStore> =
             Arc::new(DeadlineStore::new(opened.store, STORE_CALL_TIMEOUT));
+        let page_tokens = PageTokenCodec::new(&page_token_key(store.as_ref()).await?);
         let metrics = Metrics::new();
         let counter = open_counter(&settings).await?;
         let snapshot = Arc::new(SharedSnapshot::new());

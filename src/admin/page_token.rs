@@ -29,7 +29,7 @@ impl std::fmt::Debug for PageTokenCodec {
 }
 
 impl PageTokenCodec {
-    /// Derives the signing key from secret configuration (the JWT key material).
+    /// Derives the signing key from a secret (the random one the store keeps for page tokens).
     pub fn new(key_material: &[u8]) -> Self {
         let mut mac =
             HmacSha256::new_from_slice(key_material).expect("HMAC accepts any key length");

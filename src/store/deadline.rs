@@ -79,6 +79,10 @@ impl PolicyStore for DeadlineStore {
     async fn load_enabled(&self) -> Result<Vec<Policy>, StoreError> {
         self.within(self.inner.load_enabled()).await
     }
+
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.within(self.inner.shared_secret(name, candidate)).await
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +127,9 @@ mod tests {
             std::future::pending().await
         }
         async fn load_enabled(&self) -> Result<Vec<Policy>, StoreError> {
+            std::future::pending().await
+        }
+        async fn shared_secret(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, StoreError> {
             std::future::pending().await
         }
     }

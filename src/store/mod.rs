@@ -88,6 +88,10 @@ pub trait PolicyStore: Send + Sync + 'static {
 
     /// Every enabled policy, for the hot path's in-memory snapshot.
     async fn load_enabled(&self) -> Result<Vec<Policy>, StoreError>;
+
+    /// The secret stored under `name`, shared by every instance on this database: the first
+    /// caller's `candidate` (at least 32 random bytes) is kept, and every later caller gets that.
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 }
 
 /// `EtagMismatch` unless `expected` is absent or the policy's current etag.

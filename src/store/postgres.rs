@@ -217,6 +217,22 @@ impl PolicyStore for PgPolicyStore {
         .map_err(StoreError::Unavailable)?;
         rows.into_iter().map(PolicyRow::into_policy).collect()
     }
+
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        sqlx::query(
+            "INSERT INTO sluice_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Unavailable)?;
+        sqlx::query_scalar("SELECT value FROM sluice_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::Unavailable)
+    }
 }
 
 /// A `rate_policies` row as the database returns it.

@@ -259,6 +259,20 @@ impl PolicyStore for SqlitePolicyStore {
         .map_err(StoreError::Unavailable)?;
         rows.into_iter().map(PolicyRow::into_policy).collect()
     }
+
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO sluice_secrets (name, value) VALUES (?1, ?2)")
+            .bind(name)
+            .bind(candidate)
+            .execute(&self.writer)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        sqlx::query_scalar("SELECT value FROM sluice_secrets WHERE name = ?1")
+            .bind(name)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(StoreError::Unavailable)
+    }
 }
 
 /// A `rate_policies` row as SQLite returns it.
