@@ -5,10 +5,12 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    str::FromStr,
     time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sqlx::sqlite::SqliteConnectOptions;
 
 /// A secret string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -247,24 +249,17 @@ impl Settings {
         Duration::from_millis(self.redis_timeout_ms)
     }
 
-    /// Which store the database URL names.
+    /// Which store the database URL names. An SQLite URL is read exactly as sqlx reads it
+    /// (`SqliteConnectOptions::from_str`): `sqlite://` (or `sqlite:`) is removed and the
+    /// rest up to `?` is the file path, so `sqlite://sluice.db` is relative to the working
+    /// directory and `sqlite:///var/lib/sluice/p.db` (or `sqlite:////var/…`) is absolute.
     pub fn database_kind(&self) -> Result<DatabaseKind, SettingsError> {
         let url = self.database_url.expose();
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(DatabaseKind::Postgres);
         }
-        if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest.trim_start_matches("//");
-            let path = path.split('?').next().unwrap_or_default();
-            if path.is_empty() || path == ":memory:" {
-                return Err(SettingsError::Invalid {
-                    name: "DATABASE_URL",
-                    reason: "a sqlite URL must name a file, e.g. sqlite://sluice.db".into(),
-                });
-            }
-            return Ok(DatabaseKind::Sqlite {
-                path: PathBuf::from(path),
-            });
+        if url.starts_with("sqlite:") {
+            return sqlite_path(url).map(|path| DatabaseKind::Sqlite { path });
         }
         Err(SettingsError::Invalid {
             name: "DATABASE_URL",
@@ -313,6 +308,37 @@ pub fn read_secret_file(name: &'static str, path: &Path) -> Result<SecretString,
         reason: format!("cannot read {}: {err}", path.display()),
     })?;
     check_secret(name, SecretString::new(raw.trim_end_matches(['\r', '\n'])))
+}
+
+/// The file an `sqlite:` URL names, parsed by sqlx itself so Sluice and sqlx never disagree.
+/// Refused: no file (in-memory), and options that would stop Sluice writing its policies.
+fn sqlite_path(url: &str) -> Result<PathBuf, SettingsError> {
+    let invalid = |reason: String| SettingsError::Invalid {
+        name: "DATABASE_URL",
+        reason,
+    };
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|err| invalid(format!("not a valid SQLite URL: {err}")))?;
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if matches!(
+            pair,
+            "mode=memory" | "mode=ro" | "immutable=true" | "immutable=1"
+        ) {
+            return Err(invalid(format!(
+                "{pair} is not supported: Sluice keeps its policies in a file it writes"
+            )));
+        }
+    }
+    let path = options.get_filename();
+    // sqlx names an in-memory database `file:sqlx-in-memory-<n>`.
+    if path.as_os_str().is_empty() || path.to_string_lossy().starts_with("file:sqlx-in-memory-") {
+        return Err(invalid(
+            "a sqlite URL must name a file, e.g. sqlite://sluice.db".into(),
+        ));
+    }
+    // `sqlite:////var/x.db` leaves `//var/x.db`, the same file as `/var/x.db`: say it plainly.
+    Ok(path.components().collect())
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -368,6 +394,19 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_errors_name_database_url() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://x.db?mode=ro",
+            "sqlite://x.db?colour=blue",
+        ] {
+            let cli = parse(&["--database-url", url]).unwrap();
+            let err = cli.settings.database_kind().unwrap_err().to_string();
+            assert!(err.starts_with("DATABASE_URL: "), "{url}: {err}");
+        }
+    }
+
+    #[test]
     fn database_kind_follows_the_url_scheme() {
         let cases = [
             ("postgres://u@h/db", Some(DatabaseKind::Postgres)),
@@ -384,8 +423,38 @@ mod tests {
                     path: "/var/lib/sluice/p.db".into(),
                 }),
             ),
+            // Four slashes: still the absolute /var/lib/sluice/p.db, never var/lib/… relative.
+            (
+                "sqlite:////var/lib/sluice/p.db",
+                Some(DatabaseKind::Sqlite {
+                    path: "/var/lib/sluice/p.db".into(),
+                }),
+            ),
+            (
+                "sqlite://data/sluice.db",
+                Some(DatabaseKind::Sqlite {
+                    path: "data/sluice.db".into(),
+                }),
+            ),
+            (
+                "sqlite:sluice.db",
+                Some(DatabaseKind::Sqlite {
+                    path: "sluice.db".into(),
+                }),
+            ),
+            (
+                "sqlite://my%20policies.db",
+                Some(DatabaseKind::Sqlite {
+                    path: "my policies.db".into(),
+                }),
+            ),
             ("mysql://h/db", None),
             ("sqlite://", None),
+            ("sqlite::memory:", None),
+            ("sqlite://:memory:", None),
+            ("sqlite://x.db?mode=memory", None),
+            ("sqlite://x.db?mode=ro", None),
+            ("sqlite://x.db?colour=blue", None),
         ];
         for (url, expected) in cases {
             let cli = parse(&["--database-url", url]).unwrap();

@@ -1,10 +1,11 @@
 //! The `sluice` binary as an operator meets it: `--version`, one clear line for a wrong setting,
-//! and a clean exit on SIGTERM.
+//! a clean exit on SIGTERM, and where SQLite URLs put the database and its generated secret.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::{
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -14,8 +15,13 @@ fn sluice() -> Command {
     for var in [
         "DATABASE_URL",
         "REDIS_URL",
+        "REDIS_PASSWORD",
         "SLUICE_JWT_HS256_SECRET",
+        "SLUICE_JWT_HS256_SECRET_FILE",
         "SLUICE_JWT_PUBLIC_KEYS",
+        "SLUICE_JWT_ISSUER",
+        "SLUICE_JWT_AUDIENCE",
+        "SLUICE_FAILURE_MODE",
     ] {
         command.env_remove(var);
     }
@@ -53,6 +59,12 @@ fn a_wrong_setting_stops_start_up_with_one_line_naming_it() {
             "SLUICE_JWT_PUBLIC_KEYS",
         ),
         (&[("REDIS_URL", "http://not-redis")], "REDIS_URL"),
+        (&[("SLUICE_MEMORY_MAX_KEYS", "0")], "SLUICE_MEMORY_MAX_KEYS"),
+        (
+            &[("SLUICE_MEMORY_MAX_KEYS", "lots")],
+            "SLUICE_MEMORY_MAX_KEYS",
+        ),
+        (&[("DATABASE_URL", "sqlite::memory:")], "DATABASE_URL"),
     ];
     for (env, name) in cases {
         let output = sluice()
@@ -164,4 +176,64 @@ async fn migrate_applies_the_schema_and_exits() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(dir.path().join("sluice.db").exists());
+}
+
+/// The database and its generated secret for each way of writing an SQLite URL, with `sluice
+/// migrate` then `sluice token` run from another working directory.
+#[test]
+fn sqlite_urls_put_the_database_and_its_secret_where_they_say() {
+    let root = tempfile::tempdir().unwrap();
+    let cwd = root.path().join("cwd");
+    std::fs::create_dir_all(cwd.join("data")).unwrap();
+    let absolute = root.path().join("abs");
+    std::fs::create_dir_all(&absolute).unwrap();
+    assert!(absolute.is_absolute());
+    let slashless = absolute.display().to_string();
+    let slashless = slashless.trim_start_matches('/');
+
+    let cases: [(String, PathBuf); 4] = [
+        ("sqlite://sluice.db".into(), cwd.join("sluice.db")),
+        ("sqlite://data/p.db".into(), cwd.join("data/p.db")),
+        (
+            format!("sqlite:///{slashless}/three.db"),
+            absolute.join("three.db"),
+        ),
+        (
+            format!("sqlite:////{slashless}/four.db"),
+            absolute.join("four.db"),
+        ),
+    ];
+    for (url, database) in cases {
+        for args in [&["migrate"][..], &["token", "--tenant", "acme"]] {
+            let output = sluice()
+                .current_dir(&cwd)
+                .env("DATABASE_URL", &url)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{url} {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(database.is_file(), "{url}: no {}", database.display());
+        let secret = database.with_file_name("sluice.secret");
+        assert!(secret.is_file(), "{url}: no {}", secret.display());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{url}: {}", secret.display());
+        }
+        std::fs::remove_file(&secret).unwrap();
+    }
+    // Nothing landed anywhere else, e.g. a relative `tmp/…/four.db` under the working directory.
+    let mut left: Vec<String> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("sluice.db"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["data"]);
 }
