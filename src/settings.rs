@@ -220,6 +220,11 @@ pub struct Settings {
     )]
     pub method_key: String,
 
+    /// Most counters the in-process counter (no REDIS_URL) tracks at once; at the cap a check that
+    /// needs a new counter fails per SLUICE_FAILURE_MODE until expired counters are reclaimed.
+    #[arg(long, env = "SLUICE_MEMORY_MAX_KEYS", default_value_t = DEFAULT_MEMORY_MAX_KEYS, value_parser = parse_max_keys, global = true)]
+    pub memory_max_keys: usize,
+
     /// `text` (default on a terminal) or `json` (default otherwise); levels come from RUST_LOG.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -341,6 +346,17 @@ fn sqlite_path(url: &str) -> Result<PathBuf, SettingsError> {
     Ok(path.components().collect())
 }
 
+/// Default of `SLUICE_MEMORY_MAX_KEYS`.
+pub const DEFAULT_MEMORY_MAX_KEYS: usize = 1_000_000;
+
+fn parse_max_keys(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(keys) => Ok(keys),
+        Err(_) => Err(format!("{raw:?} is not a whole number of keys")),
+    }
+}
+
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     let duration = if raw.chars().all(|c| c.is_ascii_digit()) {
         raw.parse::<u64>()
@@ -391,6 +407,7 @@ mod tests {
             ("tenant_id", "path", "method")
         );
         assert!(s.redis_url.is_none());
+        assert_eq!(s.memory_max_keys, 1_000_000);
     }
 
     #[test]
@@ -470,6 +487,8 @@ mod tests {
             (&["--grpc-addr", "nope"][..], "--grpc-addr"),
             (&["--redis-key-prefix", "a{b}"][..], "--redis-key-prefix"),
             (&["token", "--ttl", "soon"][..], "--ttl"),
+            (&["--memory-max-keys", "0"][..], "--memory-max-keys"),
+            (&["--memory-max-keys", "many"][..], "--memory-max-keys"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

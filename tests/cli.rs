@@ -1,14 +1,28 @@
 //! The `sluice` binary as an operator meets it: `--version`, one clear line for a wrong setting,
-//! a clean exit on SIGTERM, and where SQLite URLs put the database and its generated secret.
+//! a clean exit on SIGTERM, where SQLite URLs put the database and its generated secret, and the
+//! in-process counter's key cap.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use sluice::proto::{
+    envoy::{
+        extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor::Entry},
+        service::ratelimit::v3::{
+            RateLimitRequest, RateLimitResponse, rate_limit_response::Code,
+            rate_limit_service_client::RateLimitServiceClient,
+        },
+    },
+    sluice::admin::v1::{self as pb, policy_service_client::PolicyServiceClient},
+};
+use tonic::transport::Channel;
 
 fn sluice() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -22,6 +36,7 @@ fn sluice() -> Command {
         "SLUICE_JWT_ISSUER",
         "SLUICE_JWT_AUDIENCE",
         "SLUICE_FAILURE_MODE",
+        "SLUICE_MEMORY_MAX_KEYS",
     ] {
         command.env_remove(var);
     }
@@ -236,4 +251,240 @@ fn sqlite_urls_put_the_database_and_its_secret_where_they_say() {
         .collect();
     left.sort();
     assert_eq!(left, ["data"]);
+}
+
+/// `sluice serve` running in `dir`, its JSON log lines kept in a file. Dropping it kills it.
+struct Served {
+    child: Child,
+    grpc: SocketAddr,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Served {
+    /// Starts the binary in `dir` with `env` and waits until `/readyz` answers 200.
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let http_port = support::free_port();
+        let log = dir.join(format!("sluice-{}.log", grpc.port()));
+        let child = sluice()
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .env("SLUICE_GRPC_ADDR", grpc.to_string())
+            .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut served = Served {
+            child,
+            grpc,
+            log,
+            dir: dir.to_owned(),
+        };
+        served.wait_ready(http_port);
+        served
+    }
+
+    fn wait_ready(&mut self, http_port: u16) {
+        let started = Instant::now();
+        loop {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", http_port)) {
+                use std::io::{Read, Write};
+                let _ = stream
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "sluice exited ({status}) before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "sluice never became ready:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every log line so far, parsed (`SLUICE_LOG_FORMAT=json`).
+    fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|err| panic!("not a JSON log line ({err}): {line}"))
+            })
+            .collect()
+    }
+
+    /// `sluice token` with `args`, run beside the server (so from the same generated secret).
+    fn token(&self, args: &[&str]) -> String {
+        let output = sluice()
+            .current_dir(&self.dir)
+            .arg("token")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect_lazy()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn message(line: &serde_json::Value) -> &str {
+    line["message"].as_str().unwrap_or_default()
+}
+
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// One descriptor for `tenant` calling `GET /v1/orders`.
+fn get_orders(tenant: &str) -> RateLimitRequest {
+    let entries = [
+        ("tenant_id", tenant),
+        ("path", "/v1/orders"),
+        ("method", "GET"),
+    ]
+    .iter()
+    .map(|(key, value)| Entry {
+        key: (*key).into(),
+        value: (*value).into(),
+    })
+    .collect();
+    RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries,
+            ..Default::default()
+        }],
+        hits_addend: 0,
+    }
+}
+
+async fn should_rate_limit(
+    channel: &Channel,
+    request: RateLimitRequest,
+) -> Result<RateLimitResponse, tonic::Status> {
+    RateLimitServiceClient::new(channel.clone())
+        .should_rate_limit(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The overall code and, for the one descriptor, (requests_per_unit, limit_remaining) when a
+/// policy matched.
+async fn decide(channel: &Channel, tenant: &str) -> (Code, Option<(u32, u32)>) {
+    let response = should_rate_limit(channel, get_orders(tenant))
+        .await
+        .unwrap_or_else(|status| panic!("ShouldRateLimit failed: {status:?}"));
+    let status = &response.statuses[0];
+    (
+        response.overall_code(),
+        status
+            .current_limit
+            .as_ref()
+            .map(|limit| (limit.requests_per_unit, status.limit_remaining)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_memory_key_cap_a_new_counter_fails_per_the_failure_mode() {
+    for mode in ["open", "unavailable"] {
+        let dir = tempfile::tempdir().unwrap();
+        let served = tokio::task::spawn_blocking({
+            let dir = dir.path().to_owned();
+            move || {
+                Served::start(
+                    &dir,
+                    &[
+                        ("SLUICE_MEMORY_MAX_KEYS", "1"),
+                        ("SLUICE_FAILURE_MODE", mode),
+                    ],
+                )
+            }
+        })
+        .await
+        .unwrap();
+        let admin_token = served.token(&["--role", "platform-admin"]);
+        let channel = served.channel();
+        PolicyServiceClient::new(channel.clone())
+            .create_policy(bearer(
+                pb::CreatePolicyRequest {
+                    policy: Some(pb::Policy {
+                        tenant_id: "*".into(),
+                        endpoint_pattern: "/**".into(),
+                        max_requests: 100,
+                        ..Default::default()
+                    }),
+                },
+                &admin_token,
+            ))
+            .await
+            .unwrap();
+
+        // acme's counter takes the one slot and keeps counting.
+        assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((100, 99))));
+        // globex needs a second counter.
+        let globex = should_rate_limit(&channel, get_orders("globex")).await;
+        match mode {
+            "open" => {
+                let response = globex.unwrap();
+                assert_eq!(response.overall_code(), Code::Ok, "{mode}");
+                assert!(
+                    response.statuses[0].current_limit.is_none(),
+                    "failed open: no limit reported"
+                );
+            }
+            _ => assert_eq!(
+                globex.unwrap_err().code(),
+                tonic::Code::Unavailable,
+                "{mode}"
+            ),
+        }
+        assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((100, 98))));
+
+        let warned = served.log_lines().into_iter().any(|l| {
+            l["level"] == "WARN"
+                && message(&l).contains("in-process rate counter is full")
+                && message(&l).contains("SLUICE_MEMORY_MAX_KEYS")
+        });
+        assert!(warned, "{mode}: {}", served.log_text());
+    }
 }
