@@ -1,6 +1,6 @@
 //! The `sluice` binary as an operator meets it: `--version`, one clear line for a wrong setting,
-//! a clean exit on SIGTERM, where SQLite URLs put the database and its generated secret, and the
-//! in-process counter's key cap.
+//! a clean exit on SIGTERM, the start-up lines naming the store and the counter, where SQLite
+//! URLs put the database and its generated secret, and the in-process counter's key cap.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -487,4 +487,91 @@ async fn at_the_memory_key_cap_a_new_counter_fails_per_the_failure_mode() {
         });
         assert!(warned, "{mode}: {}", served.log_text());
     }
+}
+
+#[test]
+fn start_up_names_the_embedded_store_and_warns_that_counters_are_per_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[]);
+
+    let lines = served.log_lines();
+    let store: Vec<_> = lines.iter().filter(|l| !l["store"].is_null()).collect();
+    assert_eq!(store.len(), 1, "one store line: {lines:#?}");
+    assert_eq!(store[0]["store"], "sqlite");
+    assert_eq!(store[0]["level"], "INFO");
+    assert!(
+        message(store[0]).starts_with("policy store: SQLite at ")
+            && message(store[0]).ends_with("sluice.db"),
+        "{}",
+        store[0]
+    );
+
+    let counter: Vec<_> = lines.iter().filter(|l| !l["counter"].is_null()).collect();
+    assert_eq!(counter.len(), 1, "one counter line: {lines:#?}");
+    assert_eq!(counter[0]["counter"], "in-process");
+    assert_eq!(counter[0]["level"], "WARN");
+    assert_eq!(counter[0]["max_keys"], 1_000_000);
+    for needle in [
+        "per instance",
+        "set REDIS_URL to share them",
+        "SLUICE_MEMORY_MAX_KEYS",
+    ] {
+        assert!(message(counter[0]).contains(needle), "{}", counter[0]);
+    }
+    let secret = std::fs::read_to_string(dir.path().join("sluice.secret")).unwrap();
+    assert!(
+        !served.log_text().contains(secret.trim()),
+        "the generated secret is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_names_postgres_and_redis_and_gives_no_per_instance_warning() {
+    let database = support::fresh_database().await;
+    let redis_url = support::redis_url().await;
+    let prefix = support::unique_redis_prefix();
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let dir = tempfile::tempdir().unwrap();
+    let served = tokio::task::spawn_blocking({
+        let (dir, url) = (dir.path().to_owned(), database.url.clone());
+        move || {
+            Served::start(
+                &dir,
+                &[
+                    ("DATABASE_URL", url.as_str()),
+                    ("REDIS_URL", redis_url.as_str()),
+                    ("SLUICE_REDIS_KEY_PREFIX", prefix.as_str()),
+                    ("SLUICE_JWT_HS256_SECRET", secret),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+
+    let lines = served.log_lines();
+    let named = |field: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| !l[field].is_null()).collect()
+    };
+    let store = named("store");
+    assert_eq!(store.len(), 1, "{lines:#?}");
+    assert_eq!(store[0]["store"], "postgres");
+    assert_eq!(message(store[0]), "policy store: PostgreSQL");
+    let counter = named("counter");
+    assert_eq!(counter.len(), 1, "{lines:#?}");
+    assert_eq!(counter[0]["counter"], "redis");
+    assert_eq!(counter[0]["level"], "INFO");
+    assert!(
+        message(counter[0]).starts_with("counters: Redis"),
+        "{}",
+        counter[0]
+    );
+    let text = served.log_text();
+    assert!(!text.contains("per instance"), "{text}");
+    assert!(
+        !text.contains("sluice.secret"),
+        "no secret generated: {text}"
+    );
+    assert!(!text.contains(secret), "the JWT secret is logged");
+    assert!(!dir.path().join("sluice.db").exists());
 }
