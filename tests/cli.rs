@@ -1,6 +1,7 @@
 //! The `sluice` binary as an operator meets it: `--version`, one clear line for a wrong setting,
 //! a clean exit on SIGTERM, the start-up lines naming the store and the counter, where SQLite
-//! URLs put the database and its generated secret, and the in-process counter's key cap.
+//! URLs put the database and its generated secret, policy changes on the embedded default taking
+//! effect at once, and the in-process counter's key cap.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -574,4 +575,72 @@ async fn start_up_names_postgres_and_redis_and_gives_no_per_instance_warning() {
     );
     assert!(!text.contains(secret), "the JWT secret is logged");
     assert!(!dir.path().join("sluice.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_an_update_or_delete_through_the_admin_api_binds_the_next_check_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || Served::start(&dir, &[])
+    })
+    .await
+    .unwrap();
+    let token = served.token(&["--tenant", "acme"]);
+    let channel = served.channel();
+    let mut admin = PolicyServiceClient::new(channel.clone());
+
+    let created = admin
+        .create_policy(bearer(
+            pb::CreatePolicyRequest {
+                policy: Some(pb::Policy {
+                    endpoint_pattern: "GET /v1/**".into(),
+                    max_requests: 1,
+                    ..Default::default()
+                }),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((1, 0))));
+    assert_eq!(
+        decide(&channel, "acme").await,
+        (Code::OverLimit, Some((1, 0)))
+    );
+
+    // Raised to 3: the very next check is judged by the new limit (one hit counted so far).
+    admin
+        .update_policy(bearer(
+            pb::UpdatePolicyRequest {
+                policy: Some(pb::Policy {
+                    id: created.id.clone(),
+                    max_requests: 3,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["max_requests".into()],
+                }),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((3, 1))));
+
+    // Deleted: the next check matches nothing.
+    admin
+        .delete_policy(bearer(
+            pb::DeletePolicyRequest {
+                id: created.id,
+                etag: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(decide(&channel, "acme").await, (Code::Ok, None));
+    }
 }
