@@ -8,7 +8,7 @@
 //! await. Memory is bounded two ways: a counter whose last hit has left its window is dropped by
 //! a sweep of its shard (at most once a second per shard, on access; and of every shard once a
 //! second while the key cap is reached), and at most `max_tracked_keys` counters exist at once
-//! (`SLUICE_MEMORY_MAX_KEYS`). A counter holds one [`Entry`] (24 bytes, up to twice that while its
+//! (`SLUICE_MEMORY_MAX_KEYS`). A counter holds one `Entry` (24 bytes, up to twice that while its
 //! ring buffer has spare room) per recorded call still in its window — at most `max_requests` —
 //! plus roughly 150 bytes for the counter itself and its key.
 //!
