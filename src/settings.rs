@@ -5,10 +5,12 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    str::FromStr,
     time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sqlx::sqlite::SqliteConnectOptions;
 
 /// A secret string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -223,6 +225,11 @@ pub struct Settings {
     )]
     pub method_key: String,
 
+    /// Most counters the in-process counter (no REDIS_URL) tracks at once; at the cap a check that
+    /// needs a new counter fails per SLUICE_FAILURE_MODE until expired counters are reclaimed.
+    #[arg(long, env = "SLUICE_MEMORY_MAX_KEYS", default_value_t = DEFAULT_MEMORY_MAX_KEYS, value_parser = parse_max_keys, global = true)]
+    pub memory_max_keys: usize,
+
     /// `text` (default on a terminal) or `json` (default otherwise); levels come from RUST_LOG.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -256,24 +263,17 @@ impl Settings {
         Duration::from_millis(self.redis_timeout_ms)
     }
 
-    /// Which store the database URL names.
+    /// Which store the database URL names. An SQLite URL is read exactly as sqlx reads it
+    /// (`SqliteConnectOptions::from_str`): `sqlite://` (or `sqlite:`) is removed and the
+    /// rest up to `?` is the file path, so `sqlite://sluice.db` is relative to the working
+    /// directory and `sqlite:///var/lib/sluice/p.db` (or `sqlite:////var/…`) is absolute.
     pub fn database_kind(&self) -> Result<DatabaseKind, SettingsError> {
         let url = self.database_url.expose();
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(DatabaseKind::Postgres);
         }
-        if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest.trim_start_matches("//");
-            let path = path.split('?').next().unwrap_or_default();
-            if path.is_empty() || path == ":memory:" {
-                return Err(SettingsError::Invalid {
-                    name: "DATABASE_URL",
-                    reason: "a sqlite URL must name a file, e.g. sqlite://sluice.db".into(),
-                });
-            }
-            return Ok(DatabaseKind::Sqlite {
-                path: PathBuf::from(path),
-            });
+        if url.starts_with("sqlite:") {
+            return sqlite_path(url).map(|path| DatabaseKind::Sqlite { path });
         }
         Err(SettingsError::Invalid {
             name: "DATABASE_URL",
@@ -322,6 +322,48 @@ pub fn read_secret_file(name: &'static str, path: &Path) -> Result<SecretString,
         reason: format!("cannot read {}: {err}", path.display()),
     })?;
     check_secret(name, SecretString::new(raw.trim_end_matches(['\r', '\n'])))
+}
+
+/// The file an `sqlite:` URL names, parsed by sqlx itself so Sluice and sqlx never disagree.
+/// Refused: no file (in-memory), and options that would stop Sluice writing its policies.
+fn sqlite_path(url: &str) -> Result<PathBuf, SettingsError> {
+    let invalid = |reason: String| SettingsError::Invalid {
+        name: "DATABASE_URL",
+        reason,
+    };
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|err| invalid(format!("not a valid SQLite URL: {err}")))?;
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if matches!(
+            pair,
+            "mode=memory" | "mode=ro" | "immutable=true" | "immutable=1"
+        ) {
+            return Err(invalid(format!(
+                "{pair} is not supported: Sluice keeps its policies in a file it writes"
+            )));
+        }
+    }
+    let path = options.get_filename();
+    // sqlx names an in-memory database `file:sqlx-in-memory-<n>`.
+    if path.as_os_str().is_empty() || path.to_string_lossy().starts_with("file:sqlx-in-memory-") {
+        return Err(invalid(
+            "a sqlite URL must name a file, e.g. sqlite://sluice.db".into(),
+        ));
+    }
+    // `sqlite:////var/x.db` leaves `//var/x.db`, the same file as `/var/x.db`: say it plainly.
+    Ok(path.components().collect())
+}
+
+/// Default of `SLUICE_MEMORY_MAX_KEYS`.
+pub const DEFAULT_MEMORY_MAX_KEYS: usize = 1_000_000;
+
+fn parse_max_keys(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(keys) => Ok(keys),
+        Err(_) => Err(format!("{raw:?} is not a whole number of keys")),
+    }
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -374,6 +416,20 @@ mod tests {
             ("tenant_id", "path", "method")
         );
         assert!(s.redis_url.is_none());
+        assert_eq!(s.memory_max_keys, 1_000_000);
+    }
+
+    #[test]
+    fn sqlite_errors_name_database_url() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://x.db?mode=ro",
+            "sqlite://x.db?colour=blue",
+        ] {
+            let cli = parse(&["--database-url", url]).unwrap();
+            let err = cli.settings.database_kind().unwrap_err().to_string();
+            assert!(err.starts_with("DATABASE_URL: "), "{url}: {err}");
+        }
     }
 
     #[test]
@@ -393,8 +449,38 @@ mod tests {
                     path: "/var/lib/sluice/p.db".into(),
                 }),
             ),
+            // Four slashes: still the absolute /var/lib/sluice/p.db, never var/lib/… relative.
+            (
+                "sqlite:////var/lib/sluice/p.db",
+                Some(DatabaseKind::Sqlite {
+                    path: "/var/lib/sluice/p.db".into(),
+                }),
+            ),
+            (
+                "sqlite://data/sluice.db",
+                Some(DatabaseKind::Sqlite {
+                    path: "data/sluice.db".into(),
+                }),
+            ),
+            (
+                "sqlite:sluice.db",
+                Some(DatabaseKind::Sqlite {
+                    path: "sluice.db".into(),
+                }),
+            ),
+            (
+                "sqlite://my%20policies.db",
+                Some(DatabaseKind::Sqlite {
+                    path: "my policies.db".into(),
+                }),
+            ),
             ("mysql://h/db", None),
             ("sqlite://", None),
+            ("sqlite::memory:", None),
+            ("sqlite://:memory:", None),
+            ("sqlite://x.db?mode=memory", None),
+            ("sqlite://x.db?mode=ro", None),
+            ("sqlite://x.db?colour=blue", None),
         ];
         for (url, expected) in cases {
             let cli = parse(&["--database-url", url]).unwrap();
@@ -410,6 +496,8 @@ mod tests {
             (&["--grpc-addr", "nope"][..], "--grpc-addr"),
             (&["--redis-key-prefix", "a{b}"][..], "--redis-key-prefix"),
             (&["token", "--ttl", "soon"][..], "--ttl"),
+            (&["--memory-max-keys", "0"][..], "--memory-max-keys"),
+            (&["--memory-max-keys", "many"][..], "--memory-max-keys"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -63,9 +63,6 @@ pub enum StartupError {
     Serve(String),
 }
 
-/// Most counters the in-process counter tracks before it refuses new keys (fails open for them).
-pub const IN_PROCESS_MAX_KEYS: usize = 1_000_000;
-
 /// The counter `REDIS_URL` selects: Redis when set, else in-process.
 pub async fn open_counter(
     settings: &Settings,
@@ -88,9 +85,11 @@ pub async fn open_counter(
         None => {
             tracing::warn!(
                 counter = "in-process",
-                "counters: in-process (REDIS_URL unset) — limits are per instance; set REDIS_URL to share them"
+                max_keys = settings.memory_max_keys,
+                "counters: in-process (REDIS_URL unset), at most {} (SLUICE_MEMORY_MAX_KEYS) — limits are per instance; set REDIS_URL to share them",
+                settings.memory_max_keys
             );
-            Ok(Arc::new(InMemoryCounter::new(IN_PROCESS_MAX_KEYS)))
+            Ok(Arc::new(InMemoryCounter::new(settings.memory_max_keys)))
         }
     }
 }

@@ -1,21 +1,43 @@
 //! The `sluice` binary as an operator meets it: `--version`, one clear line for a wrong setting,
-//! and a clean exit on SIGTERM.
+//! a clean exit on SIGTERM, the start-up lines naming the store and the counter, where SQLite
+//! URLs put the database and its generated secret, policy changes on the embedded default taking
+//! effect at once, and the in-process counter's key cap.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::{
-    process::{Command, Stdio},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use sluice::proto::{
+    envoy::{
+        extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor::Entry},
+        service::ratelimit::v3::{
+            RateLimitRequest, RateLimitResponse, rate_limit_response::Code,
+            rate_limit_service_client::RateLimitServiceClient,
+        },
+    },
+    sluice::admin::v1::{self as pb, policy_service_client::PolicyServiceClient},
+};
+use tonic::transport::Channel;
 
 fn sluice() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     for var in [
         "DATABASE_URL",
         "REDIS_URL",
+        "REDIS_PASSWORD",
         "SLUICE_JWT_HS256_SECRET",
+        "SLUICE_JWT_HS256_SECRET_FILE",
         "SLUICE_JWT_PUBLIC_KEYS",
+        "SLUICE_JWT_ISSUER",
+        "SLUICE_JWT_AUDIENCE",
+        "SLUICE_FAILURE_MODE",
+        "SLUICE_MEMORY_MAX_KEYS",
     ] {
         command.env_remove(var);
     }
@@ -53,6 +75,12 @@ fn a_wrong_setting_stops_start_up_with_one_line_naming_it() {
             "SLUICE_JWT_PUBLIC_KEYS",
         ),
         (&[("REDIS_URL", "http://not-redis")], "REDIS_URL"),
+        (&[("SLUICE_MEMORY_MAX_KEYS", "0")], "SLUICE_MEMORY_MAX_KEYS"),
+        (
+            &[("SLUICE_MEMORY_MAX_KEYS", "lots")],
+            "SLUICE_MEMORY_MAX_KEYS",
+        ),
+        (&[("DATABASE_URL", "sqlite::memory:")], "DATABASE_URL"),
     ];
     for (env, name) in cases {
         let output = sluice()
@@ -164,4 +192,455 @@ async fn migrate_applies_the_schema_and_exits() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(dir.path().join("sluice.db").exists());
+}
+
+/// The database and its generated secret for each way of writing an SQLite URL, with `sluice
+/// migrate` then `sluice token` run from another working directory.
+#[test]
+fn sqlite_urls_put_the_database_and_its_secret_where_they_say() {
+    let root = tempfile::tempdir().unwrap();
+    let cwd = root.path().join("cwd");
+    std::fs::create_dir_all(cwd.join("data")).unwrap();
+    let absolute = root.path().join("abs");
+    std::fs::create_dir_all(&absolute).unwrap();
+    assert!(absolute.is_absolute());
+    let slashless = absolute.display().to_string();
+    let slashless = slashless.trim_start_matches('/');
+
+    let cases: [(String, PathBuf); 4] = [
+        ("sqlite://sluice.db".into(), cwd.join("sluice.db")),
+        ("sqlite://data/p.db".into(), cwd.join("data/p.db")),
+        (
+            format!("sqlite:///{slashless}/three.db"),
+            absolute.join("three.db"),
+        ),
+        (
+            format!("sqlite:////{slashless}/four.db"),
+            absolute.join("four.db"),
+        ),
+    ];
+    for (url, database) in cases {
+        for args in [&["migrate"][..], &["token", "--tenant", "acme"]] {
+            let output = sluice()
+                .current_dir(&cwd)
+                .env("DATABASE_URL", &url)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{url} {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(database.is_file(), "{url}: no {}", database.display());
+        let secret = database.with_file_name("sluice.secret");
+        assert!(secret.is_file(), "{url}: no {}", secret.display());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{url}: {}", secret.display());
+        }
+        std::fs::remove_file(&secret).unwrap();
+    }
+    // Nothing landed anywhere else, e.g. a relative `tmp/…/four.db` under the working directory.
+    let mut left: Vec<String> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("sluice.db"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["data"]);
+}
+
+/// `sluice serve` running in `dir`, its JSON log lines kept in a file. Dropping it kills it.
+struct Served {
+    child: Child,
+    grpc: SocketAddr,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Served {
+    /// Starts the binary in `dir` with `env` and waits until `/readyz` answers 200.
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let http_port = support::free_port();
+        let log = dir.join(format!("sluice-{}.log", grpc.port()));
+        let child = sluice()
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .env("SLUICE_GRPC_ADDR", grpc.to_string())
+            .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut served = Served {
+            child,
+            grpc,
+            log,
+            dir: dir.to_owned(),
+        };
+        served.wait_ready(http_port);
+        served
+    }
+
+    fn wait_ready(&mut self, http_port: u16) {
+        let started = Instant::now();
+        loop {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", http_port)) {
+                use std::io::{Read, Write};
+                let _ = stream
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "sluice exited ({status}) before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "sluice never became ready:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every log line so far, parsed (`SLUICE_LOG_FORMAT=json`).
+    fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|err| panic!("not a JSON log line ({err}): {line}"))
+            })
+            .collect()
+    }
+
+    /// `sluice token` with `args`, run beside the server (so from the same generated secret).
+    fn token(&self, args: &[&str]) -> String {
+        let output = sluice()
+            .current_dir(&self.dir)
+            .arg("token")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect_lazy()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn message(line: &serde_json::Value) -> &str {
+    line["message"].as_str().unwrap_or_default()
+}
+
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// One descriptor for `tenant` calling `GET /v1/orders`.
+fn get_orders(tenant: &str) -> RateLimitRequest {
+    let entries = [
+        ("tenant_id", tenant),
+        ("path", "/v1/orders"),
+        ("method", "GET"),
+    ]
+    .iter()
+    .map(|(key, value)| Entry {
+        key: (*key).into(),
+        value: (*value).into(),
+    })
+    .collect();
+    RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries,
+            ..Default::default()
+        }],
+        hits_addend: 0,
+    }
+}
+
+async fn should_rate_limit(
+    channel: &Channel,
+    request: RateLimitRequest,
+) -> Result<RateLimitResponse, tonic::Status> {
+    RateLimitServiceClient::new(channel.clone())
+        .should_rate_limit(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The overall code and, for the one descriptor, (requests_per_unit, limit_remaining) when a
+/// policy matched.
+async fn decide(channel: &Channel, tenant: &str) -> (Code, Option<(u32, u32)>) {
+    let response = should_rate_limit(channel, get_orders(tenant))
+        .await
+        .unwrap_or_else(|status| panic!("ShouldRateLimit failed: {status:?}"));
+    let status = &response.statuses[0];
+    (
+        response.overall_code(),
+        status
+            .current_limit
+            .as_ref()
+            .map(|limit| (limit.requests_per_unit, status.limit_remaining)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_memory_key_cap_a_new_counter_fails_per_the_failure_mode() {
+    for mode in ["open", "unavailable"] {
+        let dir = tempfile::tempdir().unwrap();
+        let served = tokio::task::spawn_blocking({
+            let dir = dir.path().to_owned();
+            move || {
+                Served::start(
+                    &dir,
+                    &[
+                        ("SLUICE_MEMORY_MAX_KEYS", "1"),
+                        ("SLUICE_FAILURE_MODE", mode),
+                    ],
+                )
+            }
+        })
+        .await
+        .unwrap();
+        let admin_token = served.token(&["--role", "platform-admin"]);
+        let channel = served.channel();
+        PolicyServiceClient::new(channel.clone())
+            .create_policy(bearer(
+                pb::CreatePolicyRequest {
+                    policy: Some(pb::Policy {
+                        tenant_id: "*".into(),
+                        endpoint_pattern: "/**".into(),
+                        max_requests: 100,
+                        ..Default::default()
+                    }),
+                },
+                &admin_token,
+            ))
+            .await
+            .unwrap();
+
+        // acme's counter takes the one slot and keeps counting.
+        assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((100, 99))));
+        // globex needs a second counter.
+        let globex = should_rate_limit(&channel, get_orders("globex")).await;
+        match mode {
+            "open" => {
+                let response = globex.unwrap();
+                assert_eq!(response.overall_code(), Code::Ok, "{mode}");
+                assert!(
+                    response.statuses[0].current_limit.is_none(),
+                    "failed open: no limit reported"
+                );
+            }
+            _ => assert_eq!(
+                globex.unwrap_err().code(),
+                tonic::Code::Unavailable,
+                "{mode}"
+            ),
+        }
+        assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((100, 98))));
+
+        let warned = served.log_lines().into_iter().any(|l| {
+            l["level"] == "WARN"
+                && message(&l).contains("in-process rate counter is full")
+                && message(&l).contains("SLUICE_MEMORY_MAX_KEYS")
+        });
+        assert!(warned, "{mode}: {}", served.log_text());
+    }
+}
+
+#[test]
+fn start_up_names_the_embedded_store_and_warns_that_counters_are_per_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[]);
+
+    let lines = served.log_lines();
+    let store: Vec<_> = lines.iter().filter(|l| !l["store"].is_null()).collect();
+    assert_eq!(store.len(), 1, "one store line: {lines:#?}");
+    assert_eq!(store[0]["store"], "sqlite");
+    assert_eq!(store[0]["level"], "INFO");
+    assert!(
+        message(store[0]).starts_with("policy store: SQLite at ")
+            && message(store[0]).ends_with("sluice.db"),
+        "{}",
+        store[0]
+    );
+
+    let counter: Vec<_> = lines.iter().filter(|l| !l["counter"].is_null()).collect();
+    assert_eq!(counter.len(), 1, "one counter line: {lines:#?}");
+    assert_eq!(counter[0]["counter"], "in-process");
+    assert_eq!(counter[0]["level"], "WARN");
+    assert_eq!(counter[0]["max_keys"], 1_000_000);
+    for needle in [
+        "per instance",
+        "set REDIS_URL to share them",
+        "SLUICE_MEMORY_MAX_KEYS",
+    ] {
+        assert!(message(counter[0]).contains(needle), "{}", counter[0]);
+    }
+    let secret = std::fs::read_to_string(dir.path().join("sluice.secret")).unwrap();
+    assert!(
+        !served.log_text().contains(secret.trim()),
+        "the generated secret is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_names_postgres_and_redis_and_gives_no_per_instance_warning() {
+    let database = support::fresh_database().await;
+    let redis_url = support::redis_url().await;
+    let prefix = support::unique_redis_prefix();
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let dir = tempfile::tempdir().unwrap();
+    let served = tokio::task::spawn_blocking({
+        let (dir, url) = (dir.path().to_owned(), database.url.clone());
+        move || {
+            Served::start(
+                &dir,
+                &[
+                    ("DATABASE_URL", url.as_str()),
+                    ("REDIS_URL", redis_url.as_str()),
+                    ("SLUICE_REDIS_KEY_PREFIX", prefix.as_str()),
+                    ("SLUICE_JWT_HS256_SECRET", secret),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+
+    let lines = served.log_lines();
+    let named = |field: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| !l[field].is_null()).collect()
+    };
+    let store = named("store");
+    assert_eq!(store.len(), 1, "{lines:#?}");
+    assert_eq!(store[0]["store"], "postgres");
+    assert_eq!(message(store[0]), "policy store: PostgreSQL");
+    let counter = named("counter");
+    assert_eq!(counter.len(), 1, "{lines:#?}");
+    assert_eq!(counter[0]["counter"], "redis");
+    assert_eq!(counter[0]["level"], "INFO");
+    assert!(
+        message(counter[0]).starts_with("counters: Redis"),
+        "{}",
+        counter[0]
+    );
+    let text = served.log_text();
+    assert!(!text.contains("per instance"), "{text}");
+    assert!(
+        !text.contains("sluice.secret"),
+        "no secret generated: {text}"
+    );
+    assert!(!text.contains(secret), "the JWT secret is logged");
+    assert!(!dir.path().join("sluice.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_an_update_or_delete_through_the_admin_api_binds_the_next_check_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || Served::start(&dir, &[])
+    })
+    .await
+    .unwrap();
+    let token = served.token(&["--tenant", "acme"]);
+    let channel = served.channel();
+    let mut admin = PolicyServiceClient::new(channel.clone());
+
+    let created = admin
+        .create_policy(bearer(
+            pb::CreatePolicyRequest {
+                policy: Some(pb::Policy {
+                    endpoint_pattern: "GET /v1/**".into(),
+                    max_requests: 1,
+                    ..Default::default()
+                }),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((1, 0))));
+    assert_eq!(
+        decide(&channel, "acme").await,
+        (Code::OverLimit, Some((1, 0)))
+    );
+
+    // Raised to 3: the very next check is judged by the new limit (one hit counted so far).
+    admin
+        .update_policy(bearer(
+            pb::UpdatePolicyRequest {
+                policy: Some(pb::Policy {
+                    id: created.id.clone(),
+                    max_requests: 3,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["max_requests".into()],
+                }),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((3, 1))));
+
+    // Deleted: the next check matches nothing.
+    admin
+        .delete_policy(bearer(
+            pb::DeletePolicyRequest {
+                id: created.id,
+                etag: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(decide(&channel, "acme").await, (Code::Ok, None));
+    }
 }

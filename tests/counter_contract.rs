@@ -731,3 +731,59 @@ mod redis {
         assert!(matches!(result, Err(CounterError::Config(_))), "{result:?}");
     }
 }
+
+/// Two tenants whose checks name the same key suffix keep separate counts: the in-process twin of
+/// the `{tenant}` hash tag. Run against both counters, like `cases`.
+mod tenants_sharing_a_key_suffix {
+    use super::*;
+
+    const SHARED: CounterCheck<'static> = CounterCheck {
+        key_suffix: "p:same-policy-id",
+        max_requests: 2,
+        window_ms: 60_000,
+        burst_limit: 0,
+        hits: 1,
+        enforcing: true,
+    };
+
+    async fn verdict(
+        counter: &dyn SlidingWindowCounter,
+        tenant: &str,
+        check: CounterCheck<'_>,
+    ) -> CounterVerdict {
+        counter
+            .check(tenant, &[check])
+            .await
+            .expect("counter check")[0]
+    }
+
+    async fn keep_separate_counts(counter: Arc<dyn SlidingWindowCounter>) {
+        for remaining in [1, 0] {
+            let acme = verdict(&*counter, "acme", SHARED).await;
+            assert!(acme.allowed);
+            assert_eq!(acme.remaining, remaining);
+        }
+        assert!(!verdict(&*counter, "acme", SHARED).await.allowed);
+
+        // globex's counter is untouched by acme's hits, and acme's by globex's.
+        for remaining in [1, 0] {
+            let globex = verdict(&*counter, "globex", SHARED).await;
+            assert!(globex.allowed, "globex is not limited by acme's count");
+            assert_eq!(globex.remaining, remaining);
+        }
+        assert!(!verdict(&*counter, "globex", SHARED).await.allowed);
+        let probe = CounterCheck { hits: 0, ..SHARED };
+        assert_eq!(verdict(&*counter, "acme", probe).await.remaining, 0);
+        assert_eq!(verdict(&*counter, "initech", probe).await.remaining, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory() {
+        keep_separate_counts(crate::memory_counter().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        keep_separate_counts(crate::redis_counter().await).await;
+    }
+}

@@ -2,6 +2,13 @@
 //! README.md, never copied here) against the embedded default: the real `sluice` binary with no
 //! `DATABASE_URL` and no `REDIS_URL`, in an empty directory, so SQLite and in-process counters.
 //! Only the address is substituted, so the test never needs port 8081 to be free.
+//!
+//! The directory stands for the repository root as the README describes it: `sluice` sits at
+//! `target/release/sluice` and grpcurl at `.venv/bin/grpcurl`, and the PATH the commands start
+//! with has neither, so the README's own `export PATH=…` line must find them. What stays untested:
+//! `target/release/sluice` is a link to the debug binary cargo built for the tests (a release build
+//! here would cost minutes), and `.venv/bin/grpcurl` is a link to the grpcurl binary the suite
+//! uses, not one installed by the README's `pip` commands (those need root and the network).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -23,6 +30,50 @@ fn readme_block(tag: &str) -> String {
         + opening.len();
     let end = readme[start..].find("\n```").expect("the block is closed") + start;
     readme[start..end].to_owned()
+}
+
+/// The first line of the quick start that sets PATH, for later scripts in a fresh shell.
+fn readme_path_line() -> String {
+    readme_block("quickstart")
+        .lines()
+        .find(|line| line.starts_with("export PATH="))
+        .expect("the quick start sets PATH")
+        .to_owned()
+}
+
+/// Lays `dir` out as the README's repository root: `target/release/sluice` (the binary under
+/// test) and `.venv/bin/grpcurl`, both symbolic links.
+fn lay_out_repository_root(dir: &Path) {
+    let links = [
+        (
+            PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
+            dir.join("target/release/sluice"),
+        ),
+        (support::grpcurl_path(), dir.join(".venv/bin/grpcurl")),
+    ];
+    for (target, link) in links {
+        std::fs::create_dir_all(link.parent().unwrap()).expect("create the link's directory");
+        std::os::unix::fs::symlink(&target, &link).unwrap_or_else(|err| {
+            panic!(
+                "cannot link {} to {}: {err}",
+                link.display(),
+                target.display()
+            )
+        });
+    }
+}
+
+/// The caller's PATH without any directory holding a `sluice` or `grpcurl`, so only the README's
+/// PATH line can put them there.
+fn path_without_sluice_or_grpcurl() -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let kept: Vec<PathBuf> = std::env::split_paths(&path)
+        .filter(|dir| !dir.join("sluice").exists() && !dir.join("grpcurl").exists())
+        .collect();
+    std::env::join_paths(kept)
+        .expect("PATH entries stay joinable")
+        .into_string()
+        .expect("PATH is UTF-8")
 }
 
 /// `sluice` serving from `dir` on its embedded default, as `cargo run --release` would.
@@ -87,25 +138,14 @@ impl Sluice {
         }
     }
 
-    /// `script` in bash, in `dir`, with `sluice` and grpcurl on the PATH and the README's address
-    /// replaced by this server's.
+    /// `script` in bash, in `dir` (laid out by [`lay_out_repository_root`]), with neither `sluice`
+    /// nor grpcurl on the PATH it starts with, and the README's address replaced by this server's.
     fn run(&self, dir: &Path, script: &str) -> String {
         let script = script.replace("localhost:8081", &self.grpc);
-        let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
-            .parent()
-            .unwrap()
-            .to_owned();
-        let grpcurl_dir = support::grpcurl_path().parent().unwrap().to_owned();
-        let path = format!(
-            "{}:{}:{}",
-            bin_dir.display(),
-            grpcurl_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
         let output = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &script])
             .current_dir(dir)
-            .env("PATH", path)
+            .env("PATH", path_without_sluice_or_grpcurl())
             .env_remove("DATABASE_URL")
             .env_remove("SLUICE_JWT_HS256_SECRET")
             .output()
@@ -131,6 +171,7 @@ impl Drop for Sluice {
 #[test]
 fn the_readme_quick_start_reaches_over_limit_and_the_walkthrough_manages_policies() {
     let dir = tempfile::tempdir().expect("a temp dir");
+    lay_out_repository_root(dir.path());
     let sluice = Sluice::start(dir.path());
 
     // One shell, as a reader would: the walkthrough continues with the quick start's $TOKEN.
@@ -169,6 +210,7 @@ fn the_readme_quick_start_reaches_over_limit_and_the_walkthrough_manages_policie
 #[test]
 fn policies_survive_a_restart() {
     let dir = tempfile::tempdir().expect("a temp dir");
+    lay_out_repository_root(dir.path());
     let sluice = Sluice::start(dir.path());
     sluice.run(dir.path(), &readme_block("quickstart"));
     drop(sluice);
@@ -178,8 +220,11 @@ fn policies_survive_a_restart() {
     // restart; the in-process counts start afresh.
     let listed = restarted.run(
         dir.path(),
-        "grpcurl -plaintext -H \"authorization: Bearer $(sluice token --tenant acme)\" -d '{}' \
-         localhost:8081 sluice.admin.v1.PolicyService/ListPolicies",
+        &format!(
+            "{}\ngrpcurl -plaintext -H \"authorization: Bearer $(sluice token --tenant acme)\" \
+             -d '{{}}' localhost:8081 sluice.admin.v1.PolicyService/ListPolicies",
+            readme_path_line()
+        ),
     );
     assert!(
         listed.contains("\"endpointPattern\": \"GET /v1/**\""),

@@ -1,6 +1,6 @@
 //! The test's own token issuer: a fresh ES256 key pair per test, the JWKS file Envoy verifies
 //! against, and tokens signed with the key — or deliberately not (no signature, another key,
-//! expired).
+//! expired, another issuer or audience).
 
 use std::{
     path::Path,
@@ -82,6 +82,16 @@ impl TokenIssuer {
     /// A valid one-hour token for `tenant`.
     pub fn token(&self, tenant: &str) -> String {
         self.sign(&claims(Some(tenant), 3600))
+    }
+
+    /// A correctly signed one-hour token for `tenant` that names `issuer` and `audience` instead
+    /// of the ones the shipped configurations require.
+    pub fn token_from(&self, tenant: &str, issuer: &str, audience: &str) -> String {
+        self.sign(&Claims {
+            iss: issuer,
+            aud: audience,
+            ..claims(Some(tenant), 3600)
+        })
     }
 
     /// A valid one-hour token with no `tenant_id` claim.

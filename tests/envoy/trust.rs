@@ -1,12 +1,12 @@
 //! What a client cannot do through `envoy/envoy.yaml`: name its tenant with a header, spend
 //! another tenant's quota by calling that tenant's paths, or get past Envoy with a token that is
-//! unsigned, signed by another key, or expired.
+//! unsigned, signed by another key, expired, or from another issuer or for another audience.
 
 use crate::{
     limits::{assert_limit_headers, assert_no_limit_headers},
     proxy::ShippedConfig,
     stack::Stack,
-    tokens::TokenIssuer,
+    tokens::{AUDIENCE, ISSUER, TokenIssuer},
 };
 
 #[tokio::test]
@@ -102,6 +102,52 @@ async fn unsigned_foreign_and_expired_tokens_are_rejected_by_envoy_before_any_li
     let reply = stack
         .envoy
         .get_as(&stack.issuer.token("acme"), "/v1/orders")
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_limit_headers(&reply, 100, 99);
+}
+
+#[tokio::test]
+async fn tokens_from_another_issuer_or_for_another_audience_are_refused_by_envoy() {
+    let stack = Stack::start(ShippedConfig::Http).await;
+    stack.policy("acme", "GET /v1/**", 100).await;
+
+    // Signed by the trusted key: only the claim the configuration checks is wrong. Envoy answers
+    // 401 for the issuer and 403 for the audience ("Audiences in Jwt are not allowed").
+    for (what, token, status) in [
+        (
+            "another issuer",
+            stack
+                .issuer
+                .token_from("acme", "https://evil.example.com/", AUDIENCE),
+            401,
+        ),
+        (
+            "another audience",
+            stack.issuer.token_from("acme", ISSUER, "billing"),
+            403,
+        ),
+    ] {
+        let reply = stack.envoy.get_as(&token, "/v1/orders").await;
+        assert_eq!(reply.status, status, "{what}: {reply:?}");
+        assert_no_limit_headers(&reply);
+    }
+    assert_eq!(stack.backend.hits(), 0);
+    assert_eq!(stack.envoy.stat("http.edge.jwt_authn.denied").await, 2);
+    let stats = stack.envoy.ratelimit_stats().await;
+    assert_eq!(
+        (stats.ok(), stats.over_limit(), stats.error()),
+        (0, 0, 0),
+        "rejected before the rate-limit filter: {stats:?}"
+    );
+
+    // The same claims with the configured issuer and audience pass.
+    let reply = stack
+        .envoy
+        .get_as(
+            &stack.issuer.token_from("acme", ISSUER, AUDIENCE),
+            "/v1/orders",
+        )
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_limit_headers(&reply, 100, 99);

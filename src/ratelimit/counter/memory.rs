@@ -7,9 +7,16 @@
 //! one call takes exactly one lock, held only for the synchronous decision, never across an
 //! await. Memory is bounded two ways: a counter whose last hit has left its window is dropped by
 //! a sweep of its shard (at most once a second per shard, on access; and of every shard once a
-//! second while the key cap is reached), and at most `max_tracked_keys` counters exist at once.
-//! When the cap is reached, a check on a counter not yet tracked *fails open*: it is judged
-//! against an empty window and not recorded, and a warning is logged at most once a minute.
+//! second while the key cap is reached), and at most `max_tracked_keys` counters exist at once
+//! (`SLUICE_MEMORY_MAX_KEYS`). A counter holds one `Entry` (24 bytes, up to twice that while its
+//! ring buffer has spare room) per recorded call still in its window — at most `max_requests` —
+//! plus roughly 150 bytes for the counter itself and its key.
+//!
+//! At the cap, a call whose recording would need a counter not yet tracked fails as a whole with
+//! [`CounterError::Config`] naming the setting: nothing is recorded for any of its checks, and the
+//! caller answers per `SLUICE_FAILURE_MODE`, as for any counter failure. Calls that only use
+//! tracked counters, and calls that record nothing (denied, or `hits` 0), go on as usual. A
+//! warning is logged at most once a minute.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -129,7 +136,7 @@ impl HitLog {
 
 impl InMemoryCounter {
     /// A counter that tracks at most `max_tracked_keys` counters at once (0 tracks none: every
-    /// check then fails open).
+    /// call that would record then fails).
     pub fn new(max_tracked_keys: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -189,13 +196,23 @@ impl InMemoryCounter {
         }
     }
 
-    /// Takes a slot for a new counter unless the cap is reached.
-    fn reserve_key(&self) -> bool {
+    /// Takes `wanted` slots for new counters, all or none: none when they would pass the cap.
+    fn reserve_keys(&self, wanted: usize) -> bool {
         self.tracked_keys
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.max_tracked_keys).then_some(n + 1)
+                n.checked_add(wanted)
+                    .filter(|total| *total <= self.max_tracked_keys)
             })
             .is_ok()
+    }
+
+    /// The error of a call that needs a counter while the cap is reached.
+    fn full(&self) -> CounterError {
+        CounterError::Config(format!(
+            "the in-process counter is full: it already tracks SLUICE_MEMORY_MAX_KEYS={} \
+             counters (raise --memory-max-keys / SLUICE_MEMORY_MAX_KEYS, or set REDIS_URL)",
+            self.max_tracked_keys
+        ))
     }
 
     fn warn_cap_reached(&self, now_us: u64) {
@@ -212,21 +229,23 @@ impl InMemoryCounter {
                 .is_ok()
         {
             tracing::warn!(
-                max_tracked_keys = self.max_tracked_keys,
-                "in-process rate counter is full: new counters are allowed without being counted \
-                 until old ones expire (raise the key cap or use Redis)"
+                max_keys = self.max_tracked_keys,
+                "in-process rate counter is full: checks that need a new counter fail per \
+                 SLUICE_FAILURE_MODE until old counters expire (raise SLUICE_MEMORY_MAX_KEYS, \
+                 --memory-max-keys, or set REDIS_URL)"
             );
         }
     }
 
-    /// The whole atomic step, under the tenant's shard lock, in the script's three phases.
+    /// The whole atomic step, under the tenant's shard lock, in the script's three phases. Fails,
+    /// recording nothing, when it would record into a new counter beyond the key cap.
     fn decide(
         &self,
         shard: &mut Shard,
         now_us: u64,
         keys: &[String],
         checks: &[CounterCheck<'_>],
-    ) -> Vec<CounterVerdict> {
+    ) -> Result<Vec<CounterVerdict>, CounterError> {
         let window_us = |i: usize| checks[i].window_ms * 1000;
         // A counter named by several checks is tracked under its first index.
         let first: Vec<usize> = (0..keys.len())
@@ -270,30 +289,36 @@ impl InMemoryCounter {
             fits.push(fit);
         }
 
-        // Phase 2: record, all or nothing.
+        // Phase 2: record, all or nothing — the slots of new counters included, so a call cannot
+        // record into some of its counters and then find no room for another.
         let mut written = vec![false; keys.len()];
         if every_enforcing_fits {
+            let new_counters = (0..keys.len())
+                .filter(|&i| first[i] == i && pending[i] > 0 && !shard.logs.contains_key(&keys[i]))
+                .count();
+            if !self.reserve_keys(new_counters) {
+                self.warn_cap_reached(now_us);
+                return Err(self.full());
+            }
             for (i, check) in checks.iter().enumerate() {
                 if !fits[i] || check.hits == 0 {
                     continue;
                 }
                 let expiry_window_us = longest_window_us[first[i]];
+                // get_mut first: the key is cloned only for a new counter, not on every call.
                 if let Some(log) = shard.logs.get_mut(&keys[i]) {
                     log.record(now_us, check.hits, expiry_window_us);
-                } else if self.reserve_key() {
+                } else {
                     let mut log = HitLog::default();
                     log.record(now_us, check.hits, expiry_window_us);
                     shard.logs.insert(keys[i].clone(), log);
-                } else {
-                    self.warn_cap_reached(now_us);
-                    continue;
                 }
                 written[first[i]] = true;
             }
         }
 
         // Phase 3: report the counters as they are after the call.
-        checks
+        Ok(checks
             .iter()
             .enumerate()
             .map(|(i, check)| {
@@ -304,7 +329,7 @@ impl InMemoryCounter {
                 };
                 verdict(check, fits[i], state, now_us)
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -368,7 +393,7 @@ impl SlidingWindowCounter for InMemoryCounter {
         if now_us >= shard.next_sweep_us {
             self.sweep(&mut shard, now_us);
         }
-        Ok(self.decide(&mut shard, now_us, &keys, checks))
+        self.decide(&mut shard, now_us, &keys, checks)
     }
 }
 
@@ -397,19 +422,33 @@ mod tests {
             .allowed
     }
 
+    fn is_full_error(result: &Result<Vec<CounterVerdict>, CounterError>) -> bool {
+        matches!(result, Err(CounterError::Config(message)) if message.contains("SLUICE_MEMORY_MAX_KEYS"))
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn at_the_key_cap_new_counters_fail_open_and_tracked_ones_still_count() {
+    async fn at_the_key_cap_a_new_counter_fails_and_tracked_ones_still_count() {
         let counter = InMemoryCounter::new(2);
         assert!(allowed(&counter, "acme", hit("a", 1, 60_000)).await);
         assert!(allowed(&counter, "acme", hit("b", 1, 60_000)).await);
         assert_eq!(counter.tracked_keys(), 2);
 
-        for _ in 0..5 {
-            assert!(
-                allowed(&counter, "acme", hit("c", 1, 60_000)).await,
-                "an untracked counter fails open"
-            );
+        for _ in 0..3 {
+            let result = counter.check("acme", &[hit("c", 1, 60_000)]).await;
+            assert!(is_full_error(&result), "{result:?}");
         }
+        // What records nothing needs no slot: a probe with 0 hits, and hits that cannot fit.
+        let probe = counter
+            .check(
+                "acme",
+                &[CounterCheck {
+                    hits: 0,
+                    ..hit("c", 1, 60_000)
+                }],
+            )
+            .await
+            .expect("a check without hits needs no counter");
+        assert!(probe[0].allowed);
         let over = counter
             .check(
                 "acme",
@@ -419,14 +458,58 @@ mod tests {
                 }],
             )
             .await
-            .expect("in-memory check");
-        assert!(
-            !over[0].allowed,
-            "hits above max_requests never fit, even failing open"
-        );
+            .expect("a check that does not fit records nothing");
+        assert!(!over[0].allowed);
         assert_eq!(counter.tracked_keys(), 2);
         assert!(!allowed(&counter, "acme", hit("a", 1, 60_000)).await);
         assert!(!allowed(&counter, "acme", hit("b", 1, 60_000)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_key_cap_a_step_with_an_untrackable_counter_records_nothing() {
+        let counter = InMemoryCounter::new(2);
+        assert!(allowed(&counter, "acme", hit("tracked", 5, 60_000)).await);
+
+        // One slot is left; this step needs two new counters besides the tracked one.
+        let step = [
+            hit("tracked", 5, 60_000),
+            hit("new-1", 5, 60_000),
+            hit("new-2", 5, 60_000),
+        ];
+        let result = counter.check("acme", &step).await;
+        assert!(is_full_error(&result), "{result:?}");
+
+        assert_eq!(counter.tracked_keys(), 1, "no slot was taken");
+        let after = counter
+            .check(
+                "acme",
+                &[
+                    CounterCheck {
+                        hits: 0,
+                        ..hit("tracked", 5, 60_000)
+                    },
+                    CounterCheck {
+                        hits: 0,
+                        ..hit("new-1", 5, 60_000)
+                    },
+                ],
+            )
+            .await
+            .expect("probe");
+        assert_eq!(
+            after[0].remaining, 4,
+            "the tracked counter kept only its first hit"
+        );
+        assert_eq!(after[1].remaining, 5, "the new counter was not created");
+
+        // With one new counter the step fits in the last slot.
+        assert!(counter.check("acme", &step[..2]).await.expect("fits")[1].allowed);
+        assert_eq!(counter.tracked_keys(), 2);
+    }
+
+    #[test]
+    fn an_entry_is_the_24_bytes_the_docs_count() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
     }
 
     #[tokio::test(start_paused = true)]
@@ -486,7 +569,8 @@ mod tests {
     async fn zero_key_cap_tracks_nothing() {
         let counter = InMemoryCounter::new(0);
         for _ in 0..3 {
-            assert!(allowed(&counter, "acme", hit("a", 1, 60_000)).await);
+            let result = counter.check("acme", &[hit("a", 1, 60_000)]).await;
+            assert!(is_full_error(&result), "{result:?}");
         }
         assert_eq!(counter.tracked_keys(), 0);
     }
