@@ -24,7 +24,9 @@
 //!    [`domain`] types and checks the scope; [`admin::error`] maps every failure to one status
 //!    code with a stable `ErrorInfo` reason; [`admin::page_token`] signs list cursors.
 //! 3. [`store`] — the [`store::PolicyStore`] trait with PostgreSQL and SQLite implementations
-//!    (chosen by `DATABASE_URL`); every scoped query filters by tenant in SQL.
+//!    (chosen by `DATABASE_URL`); every scoped query filters by tenant in SQL, and
+//!    [`store::deadline::DeadlineStore`] bounds every call so a stalled database answers
+//!    UNAVAILABLE.
 //!
 //! ## Where the paths meet
 //! [`policy_refresh`] loads enabled policies from the store (at start, after this instance's own

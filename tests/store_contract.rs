@@ -482,6 +482,34 @@ async fn list_pages_in_creation_order_within_scope_and_filter(subject: Subject) 
     assert!(scoped_asking_for_others.is_empty());
 }
 
+async fn a_shared_secret_is_kept_from_the_first_caller(subject: Subject) {
+    // Arrange: two instances starting on one database each bring their own random candidate
+    let first_candidate = [1u8; 32];
+    let second_candidate = [2u8; 32];
+
+    // Act
+    let first = subject
+        .store
+        .shared_secret("page_tokens", &first_candidate)
+        .await
+        .expect("first instance");
+    let second = subject
+        .store
+        .shared_secret("page_tokens", &second_candidate)
+        .await
+        .expect("second instance");
+    let other = subject
+        .store
+        .shared_secret("something_else", &second_candidate)
+        .await
+        .expect("another secret");
+
+    // Assert: both instances sign with the first candidate; names are independent
+    assert_eq!(first, first_candidate);
+    assert_eq!(second, first_candidate);
+    assert_eq!(other, second_candidate);
+}
+
 async fn load_enabled_skips_disabled_policies(subject: Subject) {
     // Arrange
     let store = &*subject.store;
@@ -632,6 +660,7 @@ contract_tests!(
     load_enabled_skips_disabled_policies,
     ids_sort_in_creation_order,
     concurrent_updates_without_etag_all_succeed,
+    a_shared_secret_is_kept_from_the_first_caller,
 );
 
 // ---------------------------------------------------------------------------------------------
