@@ -380,12 +380,13 @@ impl RateLimiter {
         groups: &[(&str, Vec<usize>)],
         which: &[usize],
     ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
-        let admission = self.breaker.admit();
-        if admission == Admission::Reject {
-            return self.fail("circuit breaker open", None);
-        }
-        // Freed if this RPC is cancelled while probing; disarmed once the outcome is recorded.
-        let probe = (admission == Admission::Probe).then(|| self.breaker.hold_probe());
+        // The probe's slot is handed back with the outcome; if this RPC is cancelled while
+        // probing, dropping it frees the slot.
+        let probe = match self.breaker.admit() {
+            Admission::Call => None,
+            Admission::Probe(slot) => Some(slot),
+            Admission::Reject => return self.fail("circuit breaker open", None),
+        };
         let checks: Vec<Vec<CounterCheck<'_>>> = which
             .iter()
             .map(|g| {
@@ -402,21 +403,17 @@ impl RateLimiter {
                 .zip(&checks)
                 .map(|(g, checks)| self.counter.check(groups[*g].0, checks)),
         );
-        let outcome = tokio::time::timeout(self.deadline, step).await;
-        if let Some(probe) = probe {
-            probe.disarm();
-        }
-        match outcome {
+        match tokio::time::timeout(self.deadline, step).await {
             Ok(Ok(verdicts)) => {
-                self.breaker.record_success();
+                self.breaker.record_success(probe);
                 Ok(Some(verdicts))
             }
             Ok(Err(err)) => {
-                self.breaker.record_failure();
+                self.breaker.record_failure(probe);
                 self.fail("counter store failed", Some(&err))
             }
             Err(_) => {
-                self.breaker.record_failure();
+                self.breaker.record_failure(probe);
                 self.fail("counter step missed its deadline", None)
             }
         }
