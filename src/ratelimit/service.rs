@@ -23,14 +23,17 @@ use super::{
     counter::{CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter},
     over_limit_cache::{CounterId, OverLimitCache},
     request::{DescriptorKeys, ParsedDescriptor, parse_request},
-    snapshot::{ActivePolicy, SharedSnapshot, unit_for_window},
+    snapshot::{ActivePolicy, SharedSnapshot},
 };
 use crate::{
     domain::tenant::{MAX_TENANT_ID_LEN, is_tenant_char},
-    proto::envoy::service::ratelimit::v3::{
-        RateLimitRequest, RateLimitResponse,
-        rate_limit_response::{Code, DescriptorStatus, RateLimit, rate_limit::Unit},
-        rate_limit_service_server::RateLimitService,
+    proto::envoy::{
+        service::ratelimit::v3::{
+            RateLimitRequest, RateLimitResponse,
+            rate_limit_response::{Code, DescriptorStatus, RateLimit, rate_limit::Unit},
+            rate_limit_service_server::RateLimitService,
+        },
+        r#type::v3::RateLimitUnit,
     },
     settings::FailureMode,
     telemetry::{Metrics, error_chain},
@@ -117,21 +120,28 @@ impl<'a> Plan<'a> {
             }),
             (policy, Some(limit)) => {
                 let window_seconds = limit.window.as_secs();
+                let key_suffix = match policy {
+                    // The same window: the policy's own log, shared by every endpoint its
+                    // pattern matches, judged against the override's number.
+                    Some(policy) if u64::from(policy.limits.window_seconds()) == window_seconds => {
+                        Cow::Borrowed(policy.key_suffix.as_str())
+                    }
+                    // Another window: a log of its own, so trimming and expiring it by this
+                    // window can never drop hits the policy's window still counts.
+                    Some(policy) => Cow::Owned(windowed_key(&policy.key_suffix, window_seconds)),
+                    // No policy: counted per distinct descriptor (and window).
+                    None => Cow::Owned(override_key(entries, window_seconds)),
+                };
                 Some(Self {
                     counter_tenant,
-                    key_suffix: match policy {
-                        // The policy's counter, shared by every endpoint its pattern matches.
-                        Some(policy) => Cow::Borrowed(&policy.key_suffix),
-                        // No policy: counted per distinct descriptor.
-                        None => Cow::Owned(override_key(entries, window_seconds)),
-                    },
+                    key_suffix,
                     name: policy.map(|p| p.name.as_str()).unwrap_or(""),
                     max_requests: limit.requests_per_unit,
                     window_ms: window_seconds * 1000,
-                    burst_limit: 0,
-                    unit: u32::try_from(window_seconds)
-                        .map(unit_for_window)
-                        .unwrap_or(Unit::Unknown),
+                    // The policy's burst stays, never above the override's own limit.
+                    burst_limit: policy
+                        .map_or(0, |p| p.limits.burst_limit().min(limit.requests_per_unit)),
+                    unit: response_unit(limit.unit),
                     shadow: policy.is_some_and(|p| p.shadow),
                     hits: descriptor.hits,
                 })
@@ -172,6 +182,26 @@ fn counter_tenant(tenant: &str) -> Cow<'_, str> {
     } else {
         let digest = Sha256::digest(tenant.as_bytes());
         Cow::Owned(format!("~{}", hex(&digest[..12])))
+    }
+}
+
+/// `<policy key>:w<window>`: the log of an override on a matched policy whose window differs from
+/// the policy's.
+fn windowed_key(policy_key: &str, window_seconds: u64) -> String {
+    format!("{policy_key}:w{window_seconds}")
+}
+
+/// The response unit for an override's unit: the same enum value in Envoy's two protos.
+fn response_unit(unit: RateLimitUnit) -> Unit {
+    match unit {
+        RateLimitUnit::Unknown => Unit::Unknown,
+        RateLimitUnit::Second => Unit::Second,
+        RateLimitUnit::Minute => Unit::Minute,
+        RateLimitUnit::Hour => Unit::Hour,
+        RateLimitUnit::Day => Unit::Day,
+        RateLimitUnit::Week => Unit::Week,
+        RateLimitUnit::Month => Unit::Month,
+        RateLimitUnit::Year => Unit::Year,
     }
 }
 
@@ -474,6 +504,170 @@ mod tests {
             );
         }
         assert_ne!(counter_tenant("a{b}"), counter_tenant("a{c}"));
+    }
+
+    #[test]
+    fn an_override_counts_in_the_policys_log_only_with_the_policys_window() {
+        use crate::domain::{EndpointPattern, Limits, Policy, PolicyId, PolicyTenant};
+        use crate::ratelimit::{request::LimitOverride, snapshot::PolicySnapshot};
+
+        let id = PolicyId::generate();
+        let snapshot = PolicySnapshot::build([Policy {
+            id,
+            tenant: PolicyTenant::parse("acme").unwrap(),
+            pattern: EndpointPattern::parse("*").unwrap(),
+            limits: Limits::new(100, 60, 20).unwrap(),
+            enabled: true,
+            shadow: false,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            version: 1,
+        }]);
+        let policy = snapshot.lookup("acme", None, None);
+        let policy_key = format!("p:{id}");
+        // (requests_per_unit, unit, seconds) → (key, burst, unit reported)
+        let cases = [
+            (
+                (50, RateLimitUnit::Minute, 60),
+                (policy_key.clone(), 20, Unit::Minute),
+            ),
+            (
+                (5, RateLimitUnit::Minute, 60),
+                (policy_key.clone(), 5, Unit::Minute),
+            ),
+            (
+                (50, RateLimitUnit::Second, 1),
+                (format!("{policy_key}:w1"), 20, Unit::Second),
+            ),
+            (
+                (500, RateLimitUnit::Month, 2_592_000),
+                (format!("{policy_key}:w2592000"), 20, Unit::Month),
+            ),
+        ];
+        for ((requests_per_unit, unit, seconds), (key, burst, reported)) in cases {
+            let descriptor = ParsedDescriptor {
+                tenant: "acme",
+                path: None,
+                method: None,
+                hits: 1,
+                limit_override: Some(LimitOverride {
+                    requests_per_unit,
+                    unit,
+                    window: Duration::from_secs(seconds),
+                }),
+                index: 0,
+            };
+            let plan = Plan::new(&descriptor, policy, &[]).expect("counted");
+            assert_eq!(plan.key_suffix, key, "{unit:?}");
+            assert_eq!(
+                (
+                    plan.max_requests,
+                    plan.window_ms,
+                    plan.burst_limit,
+                    plan.unit
+                ),
+                (requests_per_unit, seconds * 1000, burst, reported),
+                "{unit:?}"
+            );
+            assert_eq!(plan.name, id.to_string());
+        }
+    }
+
+    /// A limiter over the in-process counter with `policies` (tenant, pattern, max, window).
+    fn in_memory_limiter(policies: &[(&str, &str, u32, u32)]) -> RateLimiter {
+        use crate::domain::{EndpointPattern, Limits, Policy, PolicyId, PolicyTenant};
+        use crate::ratelimit::{counter::InMemoryCounter, snapshot::PolicySnapshot};
+
+        let snapshot = Arc::new(SharedSnapshot::new());
+        snapshot.store(PolicySnapshot::build(policies.iter().map(
+            |(tenant, pattern, max, window)| Policy {
+                id: PolicyId::generate(),
+                tenant: PolicyTenant::parse(tenant).unwrap(),
+                pattern: EndpointPattern::parse(pattern).unwrap(),
+                limits: Limits::new(*max, *window, 0).unwrap(),
+                enabled: true,
+                shadow: false,
+                created_at: chrono::Utc::now(),
+                updated_at: chrono::Utc::now(),
+                version: 1,
+            },
+        )));
+        RateLimiter::new(
+            snapshot,
+            Arc::new(InMemoryCounter::new(1_000)),
+            RateLimiterConfig {
+                keys: DescriptorKeys::default(),
+                deadline: Duration::from_secs(1),
+                failure_mode: FailureMode::Open,
+            },
+            Metrics::new(),
+        )
+    }
+
+    fn descriptor(
+        tenant: &str,
+        path: &str,
+        limit: Option<(u32, RateLimitUnit)>,
+        hits: Option<u64>,
+    ) -> crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+        use crate::proto::envoy::extensions::common::ratelimit::v3::{
+            RateLimitDescriptor,
+            rate_limit_descriptor::{Entry, RateLimitOverride},
+        };
+        RateLimitDescriptor {
+            entries: [("tenant_id", tenant), ("path", path)]
+                .iter()
+                .map(|(key, value)| Entry {
+                    key: (*key).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+            limit: limit.map(|(requests_per_unit, unit)| RateLimitOverride {
+                requests_per_unit,
+                unit: unit as i32,
+            }),
+            hits_addend: hits,
+        }
+    }
+
+    async fn decide(
+        limiter: &RateLimiter,
+        descriptors: Vec<
+            crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor,
+        >,
+    ) -> RateLimitResponse {
+        limiter
+            .decide(&RateLimitRequest {
+                domain: "edge".into(),
+                descriptors,
+                hits_addend: 0,
+            })
+            .await
+            .expect("a valid request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_memory_an_override_with_another_window_leaves_the_policys_log_alone() {
+        let limiter = in_memory_limiter(&[("acme", "/o", 10, 60)]);
+        for _ in 0..3 {
+            decide(&limiter, vec![descriptor("acme", "/o", None, None)]).await;
+        }
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        for expected in [4, 3] {
+            let response = decide(
+                &limiter,
+                vec![descriptor(
+                    "acme",
+                    "/o",
+                    Some((5, RateLimitUnit::Second)),
+                    None,
+                )],
+            )
+            .await;
+            assert_eq!(response.statuses[0].limit_remaining, expected);
+        }
+        let policy_left = decide(&limiter, vec![descriptor("acme", "/o", None, Some(0))]).await;
+        assert_eq!(policy_left.statuses[0].limit_remaining, 7);
     }
 
     #[test]
