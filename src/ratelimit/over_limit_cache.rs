@@ -7,6 +7,9 @@
 //! cache keeps (R, T) for enforcing counters without a burst limit (a burst count recovers every
 //! second, so it is not monotonic) and only when R is exhausted for the request that saw it. T is
 //! measured from when the request was *sent*, so the local deadline never outlives Redis's own.
+//! The counter rounds T *up* to whole milliseconds, so the cache stops denying [`ROUNDING`]
+//! before the reported reset: with a sub-millisecond round trip, the reported instant can lie up
+//! to 1 ms after the oldest hit really left the window.
 //!
 //! Entries are bound to the policy snapshot generation they were learnt under: any policy change
 //! invalidates them all. Memory is bounded per shard; expired entries are swept on insert.
@@ -38,8 +41,15 @@ struct Entry {
     window_ms: u64,
     generation: u64,
     remaining: u32,
+    /// When the counter said the oldest counted hit leaves the window (rounded up).
+    reset_at: Instant,
+    /// Until when denying is certain: `reset_at` − [`ROUNDING`].
     until: Instant,
 }
+
+/// How much the counter may have rounded `reset_after_ms` up (it reports whole milliseconds,
+/// rounded up). A cached denial holds only until this much before the reported reset.
+pub const ROUNDING: Duration = Duration::from_millis(1);
 
 /// How often a full shard may be swept for expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -100,13 +110,15 @@ impl OverLimitCache {
             && entry.generation == id.generation;
         (same && now < entry.until && hits > entry.remaining).then(|| CachedDenial {
             remaining: entry.remaining,
-            reset_after: entry.until - now,
+            // As the counter reported it, so a cached answer reads like Redis's.
+            reset_after: entry.reset_at - now,
         })
     }
 
     /// Records what the counter reported for a request sent at `sent`.
     pub fn learn(&self, id: &CounterId<'_>, remaining: u32, reset_after_ms: u64, sent: Instant) {
-        let until = sent + Duration::from_millis(reset_after_ms);
+        let reset_at = sent + Duration::from_millis(reset_after_ms);
+        let until = reset_at.checked_sub(ROUNDING).unwrap_or(sent).max(sent);
         let (hash, shard) = self.slot(id);
         let mut shard = shard
             .lock()
@@ -130,6 +142,7 @@ impl OverLimitCache {
                 window_ms: id.window_ms,
                 generation: id.generation,
                 remaining,
+                reset_at,
                 until,
             },
         );
@@ -177,6 +190,28 @@ mod tests {
             cache.deny(&id(1), 3, sent + Duration::from_millis(1_000)),
             None
         );
+    }
+
+    #[test]
+    fn stops_denying_before_a_reset_the_counter_rounded_up() {
+        // The counter reported 1,000 ms, rounded up from anything above 999 ms: the oldest hit
+        // may leave the window just after `sent + 999 ms`.
+        let cache = OverLimitCache::default();
+        let sent = Instant::now();
+        cache.learn(&id(1), 0, 1_000, sent);
+        let almost = sent + Duration::from_micros(998_900);
+        assert_eq!(
+            cache.deny(&id(1), 1, almost).map(|d| d.reset_after),
+            Some(Duration::from_micros(1_100)),
+            "still certain, reported as the counter said"
+        );
+        assert_eq!(
+            cache.deny(&id(1), 1, sent + Duration::from_millis(999)),
+            None
+        );
+        // A reset of at most 1 ms is never cached.
+        cache.learn(&id(2), 0, 1, sent);
+        assert_eq!(cache.deny(&id(2), 1, sent), None);
     }
 
     #[test]
