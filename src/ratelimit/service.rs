@@ -161,13 +161,14 @@ impl<'a> Plan<'a> {
         })
     }
 
-    fn check(&self) -> CounterCheck<'_> {
+    /// The counter check; `read_only` reads the counter without counting (0 hits).
+    fn check(&self, read_only: bool) -> CounterCheck<'_> {
         CounterCheck {
             key_suffix: &self.key_suffix,
             max_requests: self.max_requests,
             window_ms: self.window_ms,
             burst_limit: self.burst_limit,
-            hits: self.hits,
+            hits: if read_only { 0 } else { self.hits },
             enforcing: !self.shadow,
         }
     }
@@ -252,10 +253,24 @@ impl RateLimiter {
             })
             .collect();
 
-        // Group the counted descriptors by tenant: one atomic counter call each.
+        // The over-limit cache is asked about every descriptor before anything is counted. A
+        // denial from memory denies the whole request, so nothing of it may be counted — not
+        // even another tenant's descriptors, which the counter decides in calls of their own.
+        // The other descriptors are then only read (0 hits), for their statuses.
+        let generation = snapshot.generation();
+        let now = Instant::now();
+        let mut verdict_of: Vec<Option<CounterVerdict>> = plans
+            .iter()
+            .map(|plan| self.cached_denial(plan.as_ref()?, generation, now))
+            .collect();
+        let denied_from_memory = verdict_of.iter().any(Option::is_some);
+
+        // Group the descriptors still to decide by tenant: one atomic counter call each.
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, plan) in plans.iter().enumerate() {
-            if let Some(plan) = plan {
+            if let Some(plan) = plan
+                && verdict_of[i].is_none()
+            {
                 match groups
                     .iter_mut()
                     .find(|(t, _)| *t == plan.counter_tenant.as_ref())
@@ -265,37 +280,29 @@ impl RateLimiter {
                 }
             }
         }
-
-        // Groups whose every check is certainly over limit are answered from memory.
-        let generation = snapshot.generation();
-        let now = Instant::now();
-        let mut group_verdicts: Vec<Option<Vec<CounterVerdict>>> = groups
-            .iter()
-            .map(|(_, members)| self.cached_denials(&plans, members, generation, now))
-            .collect();
-        let to_count: Vec<usize> = (0..groups.len())
-            .filter(|g| group_verdicts[*g].is_none())
-            .collect();
-        if !to_count.is_empty() {
+        if !groups.is_empty() {
+            let counted = match self.count(&plans, &groups, denied_from_memory).await {
+                Ok(counted) => counted,
+                // Already denied: a failed read leaves the statuses without a limit, never
+                // turns the denial into UNAVAILABLE.
+                Err(_) if denied_from_memory => None,
+                Err(status) => return Err(status),
+            };
             // `None`: the counter step failed open; those descriptors stay without a verdict.
-            if let Some(counted) = self.count(&plans, &groups, &to_count).await? {
-                for (g, verdicts) in to_count.iter().zip(counted) {
-                    self.learn(&plans, &groups[*g].1, &verdicts, generation, now);
-                    group_verdicts[*g] = Some(verdicts);
+            for ((_, members), verdicts) in groups.iter().zip(counted.into_iter().flatten()) {
+                self.learn(&plans, members, &verdicts, generation, now);
+                for (i, mut verdict) in members.iter().zip(verdicts) {
+                    if denied_from_memory && let Some(plan) = &plans[*i] {
+                        // Read with 0 hits: would its own hits have fit?
+                        verdict.allowed = plan.hits <= verdict.remaining;
+                    }
+                    verdict_of[*i] = Some(verdict);
                 }
             }
         }
 
         let mut statuses = Vec::with_capacity(plans.len());
         let mut over_limit = false;
-        let mut verdict_of = vec![None; plans.len()];
-        for ((_, members), verdicts) in groups.iter().zip(&group_verdicts) {
-            if let Some(verdicts) = verdicts {
-                for (i, verdict) in members.iter().zip(verdicts) {
-                    verdict_of[*i] = Some(*verdict);
-                }
-            }
-        }
         for (plan, verdict) in plans.iter().zip(verdict_of) {
             let status = match (plan, verdict) {
                 (None, _) => {
@@ -303,7 +310,8 @@ impl RateLimiter {
                     unmatched_status()
                 }
                 (Some(_), None) => {
-                    // The counter step failed and the failure mode is `open`.
+                    // The counter step failed and the failure mode is `open` (or the request
+                    // was already denied from memory).
                     self.metrics.checks_fail_open.inc();
                     unmatched_status()
                 }
@@ -358,28 +366,21 @@ impl RateLimiter {
         }
     }
 
-    /// Verdicts for a group from the over-limit cache, if every check in it is certainly over.
-    fn cached_denials(
+    /// A denial from the over-limit cache, if this check is certainly over.
+    fn cached_denial(
         &self,
-        plans: &[Option<Plan<'_>>],
-        members: &[usize],
+        plan: &Plan<'_>,
         generation: u64,
         now: Instant,
-    ) -> Option<Vec<CounterVerdict>> {
-        members
-            .iter()
-            .map(|i| {
-                let plan = plans[*i].as_ref()?;
-                let denial = self
-                    .over_limit
-                    .deny(&plan.cache_id(generation)?, plan.hits, now)?;
-                Some(CounterVerdict {
-                    allowed: false,
-                    remaining: denial.remaining,
-                    reset_after_ms: denial.reset_after.as_millis() as u64,
-                })
-            })
-            .collect()
+    ) -> Option<CounterVerdict> {
+        let denial = self
+            .over_limit
+            .deny(&plan.cache_id(generation)?, plan.hits, now)?;
+        Some(CounterVerdict {
+            allowed: false,
+            remaining: denial.remaining,
+            reset_after_ms: denial.reset_after.as_millis() as u64,
+        })
     }
 
     /// Remembers counters the same request would find exhausted.
@@ -402,13 +403,13 @@ impl RateLimiter {
         }
     }
 
-    /// The counter step for the groups `which`: all at once, under one deadline, behind the
-    /// breaker. `Ok(None)` means "failed open".
+    /// The counter step for every tenant group: all at once, under one deadline, behind the
+    /// breaker; with `read_only`, every check counts 0 hits. `Ok(None)` means "failed open".
     async fn count(
         &self,
         plans: &[Option<Plan<'_>>],
         groups: &[(&str, Vec<usize>)],
-        which: &[usize],
+        read_only: bool,
     ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
         // The probe's slot is handed back with the outcome; if this RPC is cancelled while
         // probing, dropping it frees the slot.
@@ -417,21 +418,20 @@ impl RateLimiter {
             Admission::Probe(slot) => Some(slot),
             Admission::Reject => return self.fail("circuit breaker open", None),
         };
-        let checks: Vec<Vec<CounterCheck<'_>>> = which
+        let checks: Vec<Vec<CounterCheck<'_>>> = groups
             .iter()
-            .map(|g| {
-                groups[*g]
-                    .1
+            .map(|(_, members)| {
+                members
                     .iter()
-                    .filter_map(|i| plans[*i].as_ref().map(Plan::check))
+                    .filter_map(|i| plans[*i].as_ref().map(|plan| plan.check(read_only)))
                     .collect()
             })
             .collect();
         let step = try_join_all(
-            which
+            groups
                 .iter()
                 .zip(&checks)
-                .map(|(g, checks)| self.counter.check(groups[*g].0, checks)),
+                .map(|((tenant, _), checks)| self.counter.check(tenant, checks)),
         );
         match tokio::time::timeout(self.deadline, step).await {
             Ok(Ok(verdicts)) => {
@@ -668,6 +668,31 @@ mod tests {
         }
         let policy_left = decide(&limiter, vec![descriptor("acme", "/o", None, Some(0))]).await;
         assert_eq!(policy_left.statuses[0].limit_remaining, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_memory_a_denial_from_memory_counts_no_other_tenants_hits() {
+        let limiter = in_memory_limiter(&[("busy", "/m", 5, 60), ("spent", "/m", 1, 60)]);
+        decide(&limiter, vec![descriptor("spent", "/m", None, None)]).await;
+        let both = || {
+            vec![
+                descriptor("busy", "/m", None, None),
+                descriptor("spent", "/m", None, None),
+            ]
+        };
+        let response = decide(&limiter, both()).await;
+        assert_eq!(response.overall_code, Code::OverLimit as i32);
+        assert_eq!(
+            (
+                response.statuses[0].code,
+                response.statuses[0].limit_remaining
+            ),
+            (Code::Ok as i32, 5),
+            "read, not counted"
+        );
+        assert_eq!(response.statuses[1].code, Code::OverLimit as i32);
+        let busy_left = decide(&limiter, vec![descriptor("busy", "/m", None, Some(0))]).await;
+        assert_eq!(busy_left.statuses[0].limit_remaining, 5);
     }
 
     #[test]

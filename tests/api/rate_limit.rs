@@ -935,3 +935,51 @@ async fn responses_carry_the_unit_of_the_window_or_of_the_override() {
         (3, Unit::Year as i32)
     );
 }
+
+#[tokio::test]
+async fn a_request_denied_from_memory_counts_nothing_for_any_tenant() {
+    let app = spawn_with_redis().await;
+    let (busy, exhausted) = (unique_tenant("busy"), unique_tenant("exhausted"));
+    policy(&app, new_policy(&busy, "/m", 100)).await;
+    policy(&app, new_policy(&exhausted, "/m", 1)).await;
+    assert_eq!(
+        code(&check(&app, call(&exhausted, "GET", "/m")).await),
+        Code::Ok
+    );
+
+    let both = request(vec![
+        descriptor(&[("tenant_id", &busy), ("path", "/m")]),
+        descriptor(&[("tenant_id", &exhausted), ("path", "/m")]),
+    ]);
+    let started = Instant::now();
+    loop {
+        // The exhausted tenant alone: denied, and the over-limit cache learns it.
+        assert_eq!(
+            code(&check(&app, call(&exhausted, "GET", "/m")).await),
+            Code::OverLimit
+        );
+        let before = remaining(&app, &busy, "/m").await;
+        let response = check(&app, both.clone()).await;
+        assert_eq!(code(&response), Code::OverLimit, "{response:?}");
+        assert_eq!(response.statuses[1].code, Code::OverLimit as i32);
+        let busy_status = &response.statuses[0];
+        assert_eq!(busy_status.code, Code::Ok as i32, "{response:?}");
+        if busy_status.limit_remaining == before {
+            // Denied from memory: the busy tenant's descriptor was read, not counted.
+            assert_eq!(
+                remaining(&app, &busy, "/m").await,
+                before,
+                "a denied request consumes no quota, not even another tenant's"
+            );
+            return;
+        }
+        // Counted: a policy reload (the NOTIFY of our own changes) replaced the snapshot between
+        // learning and this request, so Redis decided it — each tenant on its own. That settles
+        // within moments; a build that counts the other tenant every time never gets here.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the busy tenant was counted on every request denied for the exhausted one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
