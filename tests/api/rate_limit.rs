@@ -332,6 +332,10 @@ async fn bad_requests_are_invalid_argument_naming_the_problem() {
     no_domain.domain.clear();
     let mut big_hits = call("a", "GET", "/");
     big_hits.hits_addend = 1_000_001;
+    let mut big_descriptor_hits = call("a", "GET", "/");
+    big_descriptor_hits.descriptors[0].hits_addend = Some(1_000_001);
+    let mut unknown_unit = with_limit("a", "/", 1, RateLimitUnit::Second);
+    unknown_unit.descriptors[0].limit.as_mut().unwrap().unit = RateLimitUnit::Unknown as i32;
     let cases = [
         (no_domain, "domain must not be empty"),
         (request(vec![descriptor(&[])]), "has no entries"),
@@ -344,6 +348,19 @@ async fn bad_requests_are_invalid_argument_naming_the_problem() {
             "at most 1024 bytes",
         ),
         (big_hits, "hits_addend must be at most 1000000"),
+        (
+            request(vec![descriptor(&[("a", "b"); 65])]),
+            "descriptors[0] has 65 entries; at most 64 are allowed",
+        ),
+        (
+            big_descriptor_hits,
+            "descriptors[0].hits_addend must be at most 1000000, got 1000001",
+        ),
+        (
+            with_limit("a", "/", 1_000_001, RateLimitUnit::Second),
+            "descriptors[0].limit.requests_per_unit must be at most 1000000",
+        ),
+        (unknown_unit, "descriptors[0].limit.unit must be"),
     ];
     for (req, needle) in cases {
         let status = rls(&app).should_rate_limit(req).await.unwrap_err();
@@ -981,5 +998,55 @@ async fn a_request_denied_from_memory_counts_nothing_for_any_tenant() {
             "the busy tenant was counted on every request denied for the exhausted one"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn descriptor_entry_keys_are_configurable_end_to_end() {
+    let redis = with_redis(support::unique_redis_prefix()).await;
+    let app = spawn_app_with(move |s| {
+        redis(s);
+        s.tenant_key = "org".into();
+        s.path_key = ":path".into();
+        s.method_key = ":method".into();
+    })
+    .await;
+    let tenant = unique_tenant("keys");
+    let created = policy(&app, new_policy(&tenant, "POST /k/*", 1)).await;
+    let custom = || {
+        request(vec![descriptor(&[
+            ("org", &tenant),
+            (":path", "/k/1"),
+            (":method", "POST"),
+        ])])
+    };
+    // (request, limit name expected, overall code)
+    let cases = [
+        (custom(), Some(created.id.as_str()), Code::Ok),
+        (custom(), Some(created.id.as_str()), Code::OverLimit),
+        // The default keys mean nothing here: no tenant (anonymous), no path, no method.
+        (call(&tenant, "POST", "/k/1"), None, Code::Ok),
+        // The method is read from `:method`: GET is not matched by `POST /k/*`.
+        (
+            request(vec![descriptor(&[
+                ("org", &tenant),
+                (":path", "/k/1"),
+                (":method", "GET"),
+            ])]),
+            None,
+            Code::Ok,
+        ),
+    ];
+    for (i, (req, name, expected)) in cases.into_iter().enumerate() {
+        let response = check(&app, req).await;
+        assert_eq!(code(&response), expected, "case {i}");
+        assert_eq!(
+            response.statuses[0]
+                .current_limit
+                .as_ref()
+                .map(|l| l.name.as_str()),
+            name,
+            "case {i}"
+        );
     }
 }
