@@ -6,7 +6,10 @@
 use std::{
     io::IsTerminal,
     pin::Pin,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -167,8 +170,85 @@ pub struct Metrics {
     /// `sluice_policies`: enabled policies in this instance's snapshot.
     pub policies: IntGauge,
     /// `sluice_grpc_requests_total{method, code}` and `sluice_grpc_request_duration_seconds{method}`.
-    grpc_requests: IntCounterVec,
-    grpc_duration: HistogramVec,
+    grpc: Arc<GrpcSeries>,
+}
+
+/// The `/package.Service/Method` paths Sluice serves: the only `method` label values besides
+/// [`UNKNOWN_METHOD`], so a client cannot create series by calling made-up paths.
+pub const GRPC_METHODS: [&str; 10] = [
+    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    "/sluice.admin.v1.PolicyService/CreatePolicy",
+    "/sluice.admin.v1.PolicyService/GetPolicy",
+    "/sluice.admin.v1.PolicyService/UpdatePolicy",
+    "/sluice.admin.v1.PolicyService/DeletePolicy",
+    "/sluice.admin.v1.PolicyService/ListPolicies",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The `method` label of every call to a path not in [`GRPC_METHODS`].
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// Method labels: [`GRPC_METHODS`], then [`UNKNOWN_METHOD`].
+const METHOD_LABELS: usize = GRPC_METHODS.len() + 1;
+/// gRPC status codes, 0 (OK) ..= 16 (UNAUTHENTICATED).
+const GRPC_CODES: usize = 17;
+
+/// The per-RPC series, each resolved from its vector once, on its first use, and kept: after
+/// that a call costs an atomic load and the increments, never the vector's lock or label hashing.
+/// Resolved lazily so `/metrics` shows only the (method, code) pairs that happened.
+struct GrpcSeries {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_handles: [[OnceLock<IntCounter>; GRPC_CODES]; METHOD_LABELS],
+    duration_handles: [OnceLock<Histogram>; METHOD_LABELS],
+}
+
+impl GrpcSeries {
+    fn new(requests: IntCounterVec, duration: HistogramVec) -> Self {
+        Self {
+            requests,
+            duration,
+            request_handles: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            duration_handles: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn observe(&self, method: MethodLabel, code: tonic::Code, started: Instant) {
+        let m = method.0;
+        // tonic::Code is a fieldless enum numbered 0 ..= 16.
+        let c = (code as usize).min(GRPC_CODES - 1);
+        self.request_handles[m][c]
+            .get_or_init(|| {
+                self.requests
+                    .with_label_values(&[method.as_str(), code_name(code)])
+            })
+            .inc();
+        self.duration_handles[m]
+            .get_or_init(|| self.duration.with_label_values(&[method.as_str()]))
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A `method` label: an index into [`GRPC_METHODS`], or [`UNKNOWN_METHOD`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MethodLabel(usize);
+
+impl MethodLabel {
+    fn of_path(path: &str) -> Self {
+        Self(
+            GRPC_METHODS
+                .iter()
+                .position(|known| *known == path)
+                .unwrap_or(GRPC_METHODS.len()),
+        )
+    }
+
+    fn as_str(self) -> &'static str {
+        GRPC_METHODS.get(self.0).copied().unwrap_or(UNKNOWN_METHOD)
+    }
 }
 
 impl Default for Metrics {
@@ -251,8 +331,7 @@ impl Metrics {
             redis_errors,
             circuit_open,
             policies,
-            grpc_requests,
-            grpc_duration,
+            grpc: Arc::new(GrpcSeries::new(grpc_requests, grpc_duration)),
             registry,
         }
     }
@@ -264,23 +343,22 @@ impl Metrics {
             .unwrap_or_else(|err| format!("# encoding metrics failed: {err}\n"))
     }
 
-    fn observe_grpc(&self, method: &str, code: &str, started: Instant) {
-        self.grpc_requests.with_label_values(&[method, code]).inc();
-        self.grpc_duration
-            .with_label_values(&[method])
-            .observe(started.elapsed().as_secs_f64());
+    #[cfg(test)]
+    fn observe_grpc(&self, path: &str, code: tonic::Code, started: Instant) {
+        self.grpc.observe(MethodLabel::of_path(path), code, started);
     }
 }
 
-/// Counts and times every gRPC call by its `/package.Service/Method` path.
+/// Counts and times every gRPC call by its `/package.Service/Method` path (one of
+/// [`GRPC_METHODS`], else [`UNKNOWN_METHOD`]).
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
-    metrics: Metrics,
+    grpc: Arc<GrpcSeries>,
 }
 
 impl GrpcMetricsLayer {
     pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+        Self { grpc: metrics.grpc }
     }
 }
 
@@ -290,7 +368,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetrics {
             inner,
-            metrics: self.metrics.clone(),
+            grpc: self.grpc.clone(),
         }
     }
 }
@@ -299,7 +377,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 #[derive(Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
-    metrics: Metrics,
+    grpc: Arc<GrpcSeries>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
@@ -317,20 +395,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_owned();
-        let metrics = self.metrics.clone();
+        let method = MethodLabel::of_path(request.uri().path());
+        let grpc = self.grpc.clone();
         let started = Instant::now();
-        // Only with OTLP on: a span per RPC, a child of the caller's W3C trace context.
+        // Only with OTLP on: a span per RPC, a child of the caller's W3C trace context. Named by
+        // the label too, so made-up paths cannot multiply span names either.
         let span = if RPC_SPANS.load(Ordering::Acquire) {
             let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
                 propagator.extract(&MetadataExtractor(request.headers()))
             });
             let span = tracing::info_span!(
                 "grpc",
-                otel.name = %method.trim_start_matches('/'),
+                otel.name = method.as_str().trim_start_matches('/'),
                 otel.kind = "server",
                 rpc.system = "grpc",
-                rpc.method = %method,
+                rpc.method = method.as_str(),
                 rpc.grpc.status_code = tracing::field::Empty,
             );
             let _ = span.set_parent(parent);
@@ -355,7 +434,7 @@ where
                         .unwrap_or(tonic::Code::Ok),
                     Err(_) => tonic::Code::Internal,
                 };
-                metrics.observe_grpc(&method, code_name(code), started);
+                grpc.observe(method, code, started);
                 record_in.record("rpc.grpc.status_code", code as i64);
                 result
             }
@@ -412,7 +491,7 @@ mod tests {
         metrics.check_duration.observe(0.001);
         metrics.observe_grpc(
             "/sluice.admin.v1.PolicyService/GetPolicy",
-            "NOT_FOUND",
+            tonic::Code::NotFound,
             Instant::now(),
         );
         let text = metrics.render();
@@ -426,6 +505,69 @@ mod tests {
             "sluice_grpc_requests_total{code=\"NOT_FOUND\",method=\"/sluice.admin.v1.PolicyService/GetPolicy\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn method_labels_are_the_served_paths_or_unknown() {
+        let metrics = Metrics::new();
+        for path in GRPC_METHODS {
+            metrics.observe_grpc(path, tonic::Code::Ok, Instant::now());
+        }
+        for made_up in [
+            "/x.Y/Z",
+            "/sluice.admin.v1.PolicyService/GetPolicyX",
+            "",
+            "/",
+        ] {
+            metrics.observe_grpc(made_up, tonic::Code::Unimplemented, Instant::now());
+        }
+        let text = metrics.render();
+        for path in GRPC_METHODS {
+            assert!(
+                text.contains(&format!("code=\"OK\",method=\"{path}\"}} 1")),
+                "{path} in\n{text}"
+            );
+        }
+        assert!(
+            text.contains(
+                "sluice_grpc_requests_total{code=\"UNIMPLEMENTED\",method=\"unknown\"} 4"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("/x.Y/Z") && !text.contains("GetPolicyX"),
+            "{text}"
+        );
+        // One duration series per label used: the served methods and `unknown`.
+        assert_eq!(
+            text.matches("sluice_grpc_request_duration_seconds_count{")
+                .count(),
+            GRPC_METHODS.len() + 1
+        );
+    }
+
+    #[test]
+    fn every_served_method_is_a_known_label() {
+        // The router's services, by their generated names: a renamed or added service must be
+        // added to GRPC_METHODS, or its calls would be counted as `unknown`.
+        use crate::proto::{
+            envoy::service::ratelimit::v3::rate_limit_service_server,
+            sluice::admin::v1::policy_service_server,
+        };
+        for service in [
+            rate_limit_service_server::SERVICE_NAME,
+            policy_service_server::SERVICE_NAME,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                GRPC_METHODS
+                    .iter()
+                    .any(|path| path.starts_with(&format!("/{service}/"))),
+                "{service}"
+            );
         }
     }
 }

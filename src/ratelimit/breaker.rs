@@ -2,9 +2,14 @@
 //! failures it opens, and checks answer at once (per `SLUICE_FAILURE_MODE`) without waiting on
 //! Redis; every [`PROBE_EVERY`] one check is let through as a probe, and its success closes the
 //! breaker. Lock-free: a handful of atomics read on every check.
+//!
+//! The probe is a [`ProbeSlot`] carrying its own id: only that probe's completion (success,
+//! failure, or its RPC being cancelled) frees the slot. Calls that were already in flight when the
+//! breaker opened still report their outcome, but they neither free the slot nor postpone the
+//! next probe.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -15,13 +20,16 @@ pub const FAILURES_TO_OPEN: u32 = 5;
 /// How long the breaker stays open before it lets a probe through.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
+/// The `probe` value while no probe is in flight.
+const NO_PROBE: u64 = 0;
+
 /// What a check may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+#[derive(Debug)]
+pub enum Admission<'a> {
     /// Closed: call the store.
     Call,
-    /// Open, and this check is the probe: call the store and report the outcome.
-    Probe,
+    /// Open, and this check is the probe: call the store and report the outcome with the slot.
+    Probe(ProbeSlot<'a>),
     /// Open: do not call the store.
     Reject,
 }
@@ -33,7 +41,11 @@ pub struct CircuitBreaker {
     consecutive_failures: AtomicU32,
     /// Milliseconds since `started` before which no probe is let through.
     open_until_ms: AtomicU64,
-    probe_in_flight: AtomicBool,
+    /// The id of the probe in flight, or [`NO_PROBE`]. Ids are never reused, so a late report
+    /// from an earlier probe cannot free a later one's slot.
+    probe: AtomicU64,
+    /// The last probe id handed out.
+    last_probe_id: AtomicU64,
     gauge: IntGauge,
 }
 
@@ -44,7 +56,8 @@ impl CircuitBreaker {
             started: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
-            probe_in_flight: AtomicBool::new(false),
+            probe: AtomicU64::new(NO_PROBE),
+            last_probe_id: AtomicU64::new(NO_PROBE),
             gauge,
         }
     }
@@ -58,41 +71,49 @@ impl CircuitBreaker {
     }
 
     /// Decides whether a check may call the store.
-    pub fn admit(&self) -> Admission {
+    pub fn admit(&self) -> Admission<'_> {
         if !self.is_open() {
             return Admission::Call;
         }
         if self.now_ms() < self.open_until_ms.load(Ordering::Relaxed) {
             return Admission::Reject;
         }
-        match self.probe_in_flight.compare_exchange(
-            false,
-            true,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => Admission::Probe,
+        if self.probe.load(Ordering::Acquire) != NO_PROBE {
+            return Admission::Reject;
+        }
+        let id = self.last_probe_id.fetch_add(1, Ordering::Relaxed) + 1;
+        match self
+            .probe
+            .compare_exchange(NO_PROBE, id, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => Admission::Probe(ProbeSlot { breaker: self, id }),
             Err(_) => Admission::Reject,
         }
     }
 
-    /// The store answered.
-    pub fn record_success(&self) {
+    /// The store answered. `probe` is the slot if this call was the probe; it is freed after the
+    /// breaker has closed.
+    pub fn record_success(&self, probe: Option<ProbeSlot<'_>>) {
         if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
             tracing::info!("counter store answered again: circuit breaker closed");
         }
-        self.probe_in_flight.store(false, Ordering::Release);
         self.gauge.set(0);
+        drop(probe);
     }
 
-    /// The store failed or missed the deadline.
-    pub fn record_failure(&self) {
+    /// The store failed or missed the deadline. `probe` is the slot if this call was the probe;
+    /// it is freed after the next probe time is set.
+    pub fn record_failure(&self, probe: Option<ProbeSlot<'_>>) {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= FAILURES_TO_OPEN {
+        // Only the failure that opens the breaker and a failed probe set the next probe time:
+        // calls that were in flight when it opened must not keep postponing the probe.
+        if failures == FAILURES_TO_OPEN || (failures > FAILURES_TO_OPEN && probe.is_some()) {
             self.open_until_ms.store(
                 self.now_ms() + PROBE_EVERY.as_millis() as u64,
                 Ordering::Relaxed,
             );
+        }
+        if failures >= FAILURES_TO_OPEN {
             if failures == FAILURES_TO_OPEN {
                 tracing::warn!(
                     failures,
@@ -101,41 +122,29 @@ impl CircuitBreaker {
             }
             self.gauge.set(1);
         }
-        self.probe_in_flight.store(false, Ordering::Release);
+        drop(probe);
     }
 }
 
-/// Held by the check that is the breaker's probe. If that check is dropped before it recorded an
-/// outcome (its RPC was cancelled), dropping the slot frees it, so the breaker cannot stay open
-/// forever waiting on a probe that will never report.
+/// Held by the check that is the breaker's probe, and handed back with its outcome. If that
+/// check is dropped before it recorded one (its RPC was cancelled), dropping the slot frees it,
+/// so the breaker cannot stay open forever waiting on a probe that will never report.
+#[derive(Debug)]
 #[must_use = "dropping the slot at once frees the probe"]
 pub struct ProbeSlot<'a> {
     breaker: &'a CircuitBreaker,
-    armed: bool,
-}
-
-impl ProbeSlot<'_> {
-    /// The probe is about to record its outcome; keep the slot as that leaves it.
-    pub fn disarm(mut self) {
-        self.armed = false;
-    }
+    id: u64,
 }
 
 impl Drop for ProbeSlot<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.breaker.probe_in_flight.store(false, Ordering::Release);
-        }
-    }
-}
-
-impl CircuitBreaker {
-    /// The slot of the probe [`CircuitBreaker::admit`] just granted.
-    pub fn hold_probe(&self) -> ProbeSlot<'_> {
-        ProbeSlot {
-            breaker: self,
-            armed: true,
-        }
+        // Frees the slot only if it is still this probe's.
+        let _ = self.breaker.probe.compare_exchange(
+            self.id,
+            NO_PROBE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -184,53 +193,98 @@ mod tests {
         CircuitBreaker::new(IntGauge::new("test_circuit_open", "test").unwrap())
     }
 
+    fn open(b: &CircuitBreaker) {
+        for _ in 0..FAILURES_TO_OPEN {
+            b.record_failure(None);
+        }
+    }
+
+    fn is_call(a: &Admission<'_>) -> bool {
+        matches!(a, Admission::Call)
+    }
+
+    fn is_reject(a: &Admission<'_>) -> bool {
+        matches!(a, Admission::Reject)
+    }
+
+    #[track_caller]
+    fn expect_probe(b: &CircuitBreaker) -> ProbeSlot<'_> {
+        match b.admit() {
+            Admission::Probe(slot) => slot,
+            other => panic!("expected the probe, got {other:?}"),
+        }
+    }
+
+    fn wait_for_probe_time() {
+        std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
+    }
+
     #[test]
     fn opens_after_consecutive_failures_and_closes_on_a_good_probe() {
         let b = breaker();
         for _ in 0..FAILURES_TO_OPEN - 1 {
-            b.record_failure();
-            assert_eq!(b.admit(), Admission::Call);
+            b.record_failure(None);
+            assert!(is_call(&b.admit()));
         }
-        b.record_success();
-        for _ in 0..FAILURES_TO_OPEN {
-            b.record_failure();
-        }
-        assert_eq!(b.admit(), Admission::Reject);
+        b.record_success(None);
+        open(&b);
+        assert!(is_reject(&b.admit()));
         assert_eq!(b.gauge.get(), 1);
-        std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
-        assert_eq!(b.admit(), Admission::Probe);
+        wait_for_probe_time();
+        let probe = expect_probe(&b);
         // Only one probe at a time.
-        assert_eq!(b.admit(), Admission::Reject);
-        b.record_success();
-        assert_eq!(b.admit(), Admission::Call);
+        assert!(is_reject(&b.admit()));
+        b.record_success(Some(probe));
+        assert!(is_call(&b.admit()));
         assert_eq!(b.gauge.get(), 0);
     }
 
     #[test]
     fn a_failed_probe_keeps_it_open() {
         let b = breaker();
-        for _ in 0..FAILURES_TO_OPEN {
-            b.record_failure();
-        }
-        std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
-        assert_eq!(b.admit(), Admission::Probe);
-        b.record_failure();
-        assert_eq!(b.admit(), Admission::Reject);
+        open(&b);
+        wait_for_probe_time();
+        let probe = expect_probe(&b);
+        b.record_failure(Some(probe));
+        assert!(is_reject(&b.admit()), "the next probe waits PROBE_EVERY");
+        wait_for_probe_time();
+        let _next = expect_probe(&b);
     }
 
     #[test]
     fn an_abandoned_probe_frees_its_slot() {
         let b = breaker();
-        for _ in 0..FAILURES_TO_OPEN {
-            b.record_failure();
-        }
-        std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
-        assert_eq!(b.admit(), Admission::Probe);
-        let slot = b.hold_probe();
-        assert_eq!(b.admit(), Admission::Reject, "one probe at a time");
+        open(&b);
+        wait_for_probe_time();
+        let slot = expect_probe(&b);
+        assert!(is_reject(&b.admit()), "one probe at a time");
         // The probing RPC is cancelled: its future, and the slot, are dropped unrecorded.
         drop(slot);
-        assert_eq!(b.admit(), Admission::Probe, "the next check may probe");
+        let _next = expect_probe(&b);
+    }
+
+    #[test]
+    fn calls_in_flight_when_it_opened_neither_free_the_probe_nor_postpone_it() {
+        let b = breaker();
+        open(&b);
+        let opened = Instant::now();
+        // A call sent before the breaker opened fails late (its deadline): it must not push the
+        // next probe back.
+        std::thread::sleep(PROBE_EVERY / 2);
+        b.record_failure(None);
+        std::thread::sleep(
+            PROBE_EVERY.saturating_sub(opened.elapsed()) + Duration::from_millis(20),
+        );
+        let probe = expect_probe(&b);
+        // More stragglers fail while the probe is in flight: it stays the only one.
+        b.record_failure(None);
+        b.record_failure(None);
+        assert!(is_reject(&b.admit()), "a straggler freed the probe's slot");
+        // A cancelled probe frees only its own slot, whatever happened meanwhile.
+        drop(probe);
+        let second = expect_probe(&b);
+        b.record_success(Some(second));
+        assert!(is_call(&b.admit()));
     }
 
     #[test]

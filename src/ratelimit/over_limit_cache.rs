@@ -7,21 +7,34 @@
 //! cache keeps (R, T) for enforcing counters without a burst limit (a burst count recovers every
 //! second, so it is not monotonic) and only when R is exhausted for the request that saw it. T is
 //! measured from when the request was *sent*, so the local deadline never outlives Redis's own.
+//! The counter rounds T *up* to whole milliseconds, so the cache stops denying [`ROUNDING`]
+//! before the reported reset: with a sub-millisecond round trip, the reported instant can lie up
+//! to 1 ms after the oldest hit really left the window.
 //!
 //! Entries are bound to the policy snapshot generation they were learnt under: any policy change
-//! invalidates them all. Memory is bounded per shard; expired entries are swept on insert.
+//! invalidates them all. Memory is bounded: at about [`MAX_ENTRIES`], expired entries are swept
+//! (at most once a second) and new ones are not kept until there is room.
+//!
+//! No lock: the entries live in a concurrent hash map ([`papaya`]) whose reads are lock-free, so
+//! checks on every core consult it without waiting on each other or on an insert.
 
 use std::{
-    collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher, RandomState},
-    sync::Mutex,
+    hash::Hash,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
-/// Shards, so concurrent checks of different tenants rarely share a lock.
-const SHARDS: usize = 16;
-/// Entries one shard keeps at most.
-const MAX_ENTRIES_PER_SHARD: usize = 4096;
+use papaya::Equivalent;
+
+/// Entries kept at most (concurrent inserts may overshoot it by a few).
+pub const MAX_ENTRIES: usize = 65_536;
+
+/// How much the counter may have rounded `reset_after_ms` up (it reports whole milliseconds,
+/// rounded up). A cached denial holds only until this much before the reported reset.
+pub const ROUNDING: Duration = Duration::from_millis(1);
+
+/// How often a full cache may be swept for expired entries.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// What a cached denial reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,39 +43,56 @@ pub struct CachedDenial {
     pub reset_after: Duration,
 }
 
-#[derive(Debug)]
-struct Entry {
+/// A counter: its tenant and key suffix. Hashes exactly as [`KeyRef`], so a lookup needs no
+/// allocation.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Key {
     tenant: Box<str>,
     suffix: Box<str>,
+}
+
+#[derive(Hash)]
+struct KeyRef<'a> {
+    tenant: &'a str,
+    suffix: &'a str,
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *key.tenant == *self.tenant && *key.suffix == *self.suffix
+    }
+}
+
+/// What the counter reported, under which numbers. Never changed in place: a newer report
+/// replaces the whole entry.
+#[derive(Debug)]
+struct Entry {
     max_requests: u32,
     window_ms: u64,
     generation: u64,
     remaining: u32,
+    /// When the counter said the oldest counted hit leaves the window (rounded up).
+    reset_at: Instant,
+    /// Until when denying is certain: `reset_at` − [`ROUNDING`].
     until: Instant,
-}
-
-/// How often a full shard may be swept for expired entries.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Default)]
-struct Shard {
-    entries: HashMap<u64, Entry>,
-    /// A full shard is swept at most once per [`SWEEP_EVERY`], so inserts stay O(1).
-    next_sweep: Option<Instant>,
 }
 
 /// The cache of counters known to be exhausted.
 #[derive(Debug)]
 pub struct OverLimitCache {
-    shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
+    entries: papaya::HashMap<Key, Entry>,
+    /// Zero of `next_sweep_ms`.
+    created: Instant,
+    /// Milliseconds since `created` before which a full cache is not swept again.
+    next_sweep_ms: AtomicU64,
 }
 
 impl Default for OverLimitCache {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            entries: papaya::HashMap::new(),
+            created: Instant::now(),
+            next_sweep_ms: AtomicU64::new(0),
         }
     }
 }
@@ -77,70 +107,79 @@ pub struct CounterId<'a> {
     pub generation: u64,
 }
 
-impl OverLimitCache {
-    fn slot(&self, id: &CounterId<'_>) -> (u64, &Mutex<Shard>) {
-        let mut hasher = self.hasher.build_hasher();
-        id.tenant.hash(&mut hasher);
-        id.suffix.hash(&mut hasher);
-        let hash = hasher.finish();
-        (hash, &self.shards[(hash as usize) % SHARDS])
+impl CounterId<'_> {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef {
+            tenant: self.tenant,
+            suffix: self.suffix,
+        }
     }
+}
 
+impl OverLimitCache {
     /// A denial for a check of `hits` on `id`, if one is certain as of `now`.
     pub fn deny(&self, id: &CounterId<'_>, hits: u32, now: Instant) -> Option<CachedDenial> {
-        let (hash, shard) = self.slot(id);
-        let shard = shard
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = shard.entries.get(&hash)?;
-        let same = &*entry.tenant == id.tenant
-            && &*entry.suffix == id.suffix
-            && entry.max_requests == id.max_requests
+        let entries = self.entries.pin();
+        let entry = entries.get(&id.key())?;
+        let same = entry.max_requests == id.max_requests
             && entry.window_ms == id.window_ms
             && entry.generation == id.generation;
         (same && now < entry.until && hits > entry.remaining).then(|| CachedDenial {
             remaining: entry.remaining,
-            reset_after: entry.until - now,
+            // As the counter reported it, so a cached answer reads like Redis's.
+            reset_after: entry.reset_at - now,
         })
     }
 
     /// Records what the counter reported for a request sent at `sent`.
     pub fn learn(&self, id: &CounterId<'_>, remaining: u32, reset_after_ms: u64, sent: Instant) {
-        let until = sent + Duration::from_millis(reset_after_ms);
-        let (hash, shard) = self.slot(id);
-        let mut shard = shard
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if shard.entries.len() >= MAX_ENTRIES_PER_SHARD && !shard.entries.contains_key(&hash) {
+        let reset_at = sent + Duration::from_millis(reset_after_ms);
+        let until = reset_at.checked_sub(ROUNDING).unwrap_or(sent).max(sent);
+        let entries = self.entries.pin();
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&id.key()) {
             let now = Instant::now();
-            if shard.next_sweep.is_none_or(|at| now >= at) {
-                shard.entries.retain(|_, e| e.until > now);
-                shard.next_sweep = Some(now + SWEEP_EVERY);
+            if self.sweep_due(now) {
+                entries.retain(|_, e| e.until > now);
             }
-            if shard.entries.len() >= MAX_ENTRIES_PER_SHARD {
+            if entries.len() >= MAX_ENTRIES {
                 return;
             }
         }
-        shard.entries.insert(
-            hash,
-            Entry {
+        entries.insert(
+            Key {
                 tenant: id.tenant.into(),
                 suffix: id.suffix.into(),
+            },
+            Entry {
                 max_requests: id.max_requests,
                 window_ms: id.window_ms,
                 generation: id.generation,
                 remaining,
+                reset_at,
                 until,
             },
         );
     }
 
+    /// Whether this caller may sweep now: at most once per [`SWEEP_EVERY`], one caller at a time.
+    fn sweep_due(&self, now: Instant) -> bool {
+        let now_ms = now.saturating_duration_since(self.created).as_millis() as u64;
+        let due = self.next_sweep_ms.load(Ordering::Relaxed);
+        now_ms >= due
+            && self
+                .next_sweep_ms
+                .compare_exchange(
+                    due,
+                    now_ms + SWEEP_EVERY.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     /// Entries held, expired or not (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).entries.len())
-            .sum()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -180,6 +219,28 @@ mod tests {
     }
 
     #[test]
+    fn stops_denying_before_a_reset_the_counter_rounded_up() {
+        // The counter reported 1,000 ms, rounded up from anything above 999 ms: the oldest hit
+        // may leave the window just after `sent + 999 ms`.
+        let cache = OverLimitCache::default();
+        let sent = Instant::now();
+        cache.learn(&id(1), 0, 1_000, sent);
+        let almost = sent + Duration::from_micros(998_900);
+        assert_eq!(
+            cache.deny(&id(1), 1, almost).map(|d| d.reset_after),
+            Some(Duration::from_micros(1_100)),
+            "still certain, reported as the counter said"
+        );
+        assert_eq!(
+            cache.deny(&id(1), 1, sent + Duration::from_millis(999)),
+            None
+        );
+        // A reset of at most 1 ms is never cached.
+        cache.learn(&id(2), 0, 1, sent);
+        assert_eq!(cache.deny(&id(2), 1, sent), None);
+    }
+
+    #[test]
     fn a_policy_change_or_other_numbers_invalidate() {
         let cache = OverLimitCache::default();
         let sent = Instant::now();
@@ -198,16 +259,49 @@ mod tests {
     }
 
     #[test]
+    fn expired_entries_make_room_when_full() {
+        let cache = OverLimitCache::default();
+        let sent = Instant::now();
+        let suffixes: Vec<String> = (0..MAX_ENTRIES).map(|i| format!("p:{i}")).collect();
+        for suffix in &suffixes {
+            cache.learn(&CounterId { suffix, ..id(1) }, 0, 1, sent);
+        }
+        assert_eq!(cache.len(), MAX_ENTRIES);
+        std::thread::sleep(Duration::from_millis(5));
+        // Full, but every entry has expired: the sweep makes room for the new one.
+        cache.learn(
+            &CounterId {
+                suffix: "p:new",
+                ..id(1)
+            },
+            0,
+            60_000,
+            Instant::now(),
+        );
+        assert!(
+            cache
+                .deny(
+                    &CounterId {
+                        suffix: "p:new",
+                        ..id(1)
+                    },
+                    1,
+                    Instant::now()
+                )
+                .is_some()
+        );
+        assert!(cache.len() < MAX_ENTRIES);
+    }
+
+    #[test]
     fn memory_is_bounded() {
         let cache = OverLimitCache::default();
         let sent = Instant::now();
-        let suffixes: Vec<String> = (0..SHARDS * MAX_ENTRIES_PER_SHARD * 2)
-            .map(|i| format!("p:{i}"))
-            .collect();
+        let suffixes: Vec<String> = (0..MAX_ENTRIES * 2).map(|i| format!("p:{i}")).collect();
         for suffix in &suffixes {
             let id = CounterId { suffix, ..id(1) };
             cache.learn(&id, 0, 60_000, sent);
         }
-        assert!(cache.len() <= SHARDS * MAX_ENTRIES_PER_SHARD);
+        assert!(cache.len() <= MAX_ENTRIES);
     }
 }

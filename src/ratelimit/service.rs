@@ -23,14 +23,17 @@ use super::{
     counter::{CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter},
     over_limit_cache::{CounterId, OverLimitCache},
     request::{DescriptorKeys, ParsedDescriptor, parse_request},
-    snapshot::{ActivePolicy, SharedSnapshot, unit_for_window},
+    snapshot::{ActivePolicy, SharedSnapshot},
 };
 use crate::{
     domain::tenant::{MAX_TENANT_ID_LEN, is_tenant_char},
-    proto::envoy::service::ratelimit::v3::{
-        RateLimitRequest, RateLimitResponse,
-        rate_limit_response::{Code, DescriptorStatus, RateLimit, rate_limit::Unit},
-        rate_limit_service_server::RateLimitService,
+    proto::envoy::{
+        service::ratelimit::v3::{
+            RateLimitRequest, RateLimitResponse,
+            rate_limit_response::{Code, DescriptorStatus, RateLimit, rate_limit::Unit},
+            rate_limit_service_server::RateLimitService,
+        },
+        r#type::v3::RateLimitUnit,
     },
     settings::FailureMode,
     telemetry::{Metrics, error_chain},
@@ -117,21 +120,28 @@ impl<'a> Plan<'a> {
             }),
             (policy, Some(limit)) => {
                 let window_seconds = limit.window.as_secs();
+                let key_suffix = match policy {
+                    // The same window: the policy's own log, shared by every endpoint its
+                    // pattern matches, judged against the override's number.
+                    Some(policy) if u64::from(policy.limits.window_seconds()) == window_seconds => {
+                        Cow::Borrowed(policy.key_suffix.as_str())
+                    }
+                    // Another window: a log of its own, so trimming and expiring it by this
+                    // window can never drop hits the policy's window still counts.
+                    Some(policy) => Cow::Owned(windowed_key(&policy.key_suffix, window_seconds)),
+                    // No policy: counted per distinct descriptor (and window).
+                    None => Cow::Owned(override_key(entries, window_seconds)),
+                };
                 Some(Self {
                     counter_tenant,
-                    key_suffix: match policy {
-                        // The policy's counter, shared by every endpoint its pattern matches.
-                        Some(policy) => Cow::Borrowed(&policy.key_suffix),
-                        // No policy: counted per distinct descriptor.
-                        None => Cow::Owned(override_key(entries, window_seconds)),
-                    },
+                    key_suffix,
                     name: policy.map(|p| p.name.as_str()).unwrap_or(""),
                     max_requests: limit.requests_per_unit,
                     window_ms: window_seconds * 1000,
-                    burst_limit: 0,
-                    unit: u32::try_from(window_seconds)
-                        .map(unit_for_window)
-                        .unwrap_or(Unit::Unknown),
+                    // The policy's burst stays, never above the override's own limit.
+                    burst_limit: policy
+                        .map_or(0, |p| p.limits.burst_limit().min(limit.requests_per_unit)),
+                    unit: response_unit(limit.unit),
                     shadow: policy.is_some_and(|p| p.shadow),
                     hits: descriptor.hits,
                 })
@@ -151,13 +161,14 @@ impl<'a> Plan<'a> {
         })
     }
 
-    fn check(&self) -> CounterCheck<'_> {
+    /// The counter check; `read_only` reads the counter without counting (0 hits).
+    fn check(&self, read_only: bool) -> CounterCheck<'_> {
         CounterCheck {
             key_suffix: &self.key_suffix,
             max_requests: self.max_requests,
             window_ms: self.window_ms,
             burst_limit: self.burst_limit,
-            hits: self.hits,
+            hits: if read_only { 0 } else { self.hits },
             enforcing: !self.shadow,
         }
     }
@@ -172,6 +183,26 @@ fn counter_tenant(tenant: &str) -> Cow<'_, str> {
     } else {
         let digest = Sha256::digest(tenant.as_bytes());
         Cow::Owned(format!("~{}", hex(&digest[..12])))
+    }
+}
+
+/// `<policy key>:w<window>`: the log of an override on a matched policy whose window differs from
+/// the policy's.
+fn windowed_key(policy_key: &str, window_seconds: u64) -> String {
+    format!("{policy_key}:w{window_seconds}")
+}
+
+/// The response unit for an override's unit: the same enum value in Envoy's two protos.
+fn response_unit(unit: RateLimitUnit) -> Unit {
+    match unit {
+        RateLimitUnit::Unknown => Unit::Unknown,
+        RateLimitUnit::Second => Unit::Second,
+        RateLimitUnit::Minute => Unit::Minute,
+        RateLimitUnit::Hour => Unit::Hour,
+        RateLimitUnit::Day => Unit::Day,
+        RateLimitUnit::Week => Unit::Week,
+        RateLimitUnit::Month => Unit::Month,
+        RateLimitUnit::Year => Unit::Year,
     }
 }
 
@@ -222,10 +253,24 @@ impl RateLimiter {
             })
             .collect();
 
-        // Group the counted descriptors by tenant: one atomic counter call each.
+        // The over-limit cache is asked about every descriptor before anything is counted. A
+        // denial from memory denies the whole request, so nothing of it may be counted — not
+        // even another tenant's descriptors, which the counter decides in calls of their own.
+        // The other descriptors are then only read (0 hits), for their statuses.
+        let generation = snapshot.generation();
+        let now = Instant::now();
+        let mut verdict_of: Vec<Option<CounterVerdict>> = plans
+            .iter()
+            .map(|plan| self.cached_denial(plan.as_ref()?, generation, now))
+            .collect();
+        let denied_from_memory = verdict_of.iter().any(Option::is_some);
+
+        // Group the descriptors still to decide by tenant: one atomic counter call each.
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, plan) in plans.iter().enumerate() {
-            if let Some(plan) = plan {
+            if let Some(plan) = plan
+                && verdict_of[i].is_none()
+            {
                 match groups
                     .iter_mut()
                     .find(|(t, _)| *t == plan.counter_tenant.as_ref())
@@ -235,37 +280,29 @@ impl RateLimiter {
                 }
             }
         }
-
-        // Groups whose every check is certainly over limit are answered from memory.
-        let generation = snapshot.generation();
-        let now = Instant::now();
-        let mut group_verdicts: Vec<Option<Vec<CounterVerdict>>> = groups
-            .iter()
-            .map(|(_, members)| self.cached_denials(&plans, members, generation, now))
-            .collect();
-        let to_count: Vec<usize> = (0..groups.len())
-            .filter(|g| group_verdicts[*g].is_none())
-            .collect();
-        if !to_count.is_empty() {
+        if !groups.is_empty() {
+            let counted = match self.count(&plans, &groups, denied_from_memory).await {
+                Ok(counted) => counted,
+                // Already denied: a failed read leaves the statuses without a limit, never
+                // turns the denial into UNAVAILABLE.
+                Err(_) if denied_from_memory => None,
+                Err(status) => return Err(status),
+            };
             // `None`: the counter step failed open; those descriptors stay without a verdict.
-            if let Some(counted) = self.count(&plans, &groups, &to_count).await? {
-                for (g, verdicts) in to_count.iter().zip(counted) {
-                    self.learn(&plans, &groups[*g].1, &verdicts, generation, now);
-                    group_verdicts[*g] = Some(verdicts);
+            for ((_, members), verdicts) in groups.iter().zip(counted.into_iter().flatten()) {
+                self.learn(&plans, members, &verdicts, generation, now);
+                for (i, mut verdict) in members.iter().zip(verdicts) {
+                    if denied_from_memory && let Some(plan) = &plans[*i] {
+                        // Read with 0 hits: would its own hits have fit?
+                        verdict.allowed = plan.hits <= verdict.remaining;
+                    }
+                    verdict_of[*i] = Some(verdict);
                 }
             }
         }
 
         let mut statuses = Vec::with_capacity(plans.len());
         let mut over_limit = false;
-        let mut verdict_of = vec![None; plans.len()];
-        for ((_, members), verdicts) in groups.iter().zip(&group_verdicts) {
-            if let Some(verdicts) = verdicts {
-                for (i, verdict) in members.iter().zip(verdicts) {
-                    verdict_of[*i] = Some(*verdict);
-                }
-            }
-        }
         for (plan, verdict) in plans.iter().zip(verdict_of) {
             let status = match (plan, verdict) {
                 (None, _) => {
@@ -273,7 +310,8 @@ impl RateLimiter {
                     unmatched_status()
                 }
                 (Some(_), None) => {
-                    // The counter step failed and the failure mode is `open`.
+                    // The counter step failed and the failure mode is `open` (or the request
+                    // was already denied from memory).
                     self.metrics.checks_fail_open.inc();
                     unmatched_status()
                 }
@@ -328,28 +366,21 @@ impl RateLimiter {
         }
     }
 
-    /// Verdicts for a group from the over-limit cache, if every check in it is certainly over.
-    fn cached_denials(
+    /// A denial from the over-limit cache, if this check is certainly over.
+    fn cached_denial(
         &self,
-        plans: &[Option<Plan<'_>>],
-        members: &[usize],
+        plan: &Plan<'_>,
         generation: u64,
         now: Instant,
-    ) -> Option<Vec<CounterVerdict>> {
-        members
-            .iter()
-            .map(|i| {
-                let plan = plans[*i].as_ref()?;
-                let denial = self
-                    .over_limit
-                    .deny(&plan.cache_id(generation)?, plan.hits, now)?;
-                Some(CounterVerdict {
-                    allowed: false,
-                    remaining: denial.remaining,
-                    reset_after_ms: denial.reset_after.as_millis() as u64,
-                })
-            })
-            .collect()
+    ) -> Option<CounterVerdict> {
+        let denial = self
+            .over_limit
+            .deny(&plan.cache_id(generation)?, plan.hits, now)?;
+        Some(CounterVerdict {
+            allowed: false,
+            remaining: denial.remaining,
+            reset_after_ms: denial.reset_after.as_millis() as u64,
+        })
     }
 
     /// Remembers counters the same request would find exhausted.
@@ -372,51 +403,47 @@ impl RateLimiter {
         }
     }
 
-    /// The counter step for the groups `which`: all at once, under one deadline, behind the
-    /// breaker. `Ok(None)` means "failed open".
+    /// The counter step for every tenant group: all at once, under one deadline, behind the
+    /// breaker; with `read_only`, every check counts 0 hits. `Ok(None)` means "failed open".
     async fn count(
         &self,
         plans: &[Option<Plan<'_>>],
         groups: &[(&str, Vec<usize>)],
-        which: &[usize],
+        read_only: bool,
     ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
-        let admission = self.breaker.admit();
-        if admission == Admission::Reject {
-            return self.fail("circuit breaker open", None);
-        }
-        // Freed if this RPC is cancelled while probing; disarmed once the outcome is recorded.
-        let probe = (admission == Admission::Probe).then(|| self.breaker.hold_probe());
-        let checks: Vec<Vec<CounterCheck<'_>>> = which
+        // The probe's slot is handed back with the outcome; if this RPC is cancelled while
+        // probing, dropping it frees the slot.
+        let probe = match self.breaker.admit() {
+            Admission::Call => None,
+            Admission::Probe(slot) => Some(slot),
+            Admission::Reject => return self.fail("circuit breaker open", None),
+        };
+        let checks: Vec<Vec<CounterCheck<'_>>> = groups
             .iter()
-            .map(|g| {
-                groups[*g]
-                    .1
+            .map(|(_, members)| {
+                members
                     .iter()
-                    .filter_map(|i| plans[*i].as_ref().map(Plan::check))
+                    .filter_map(|i| plans[*i].as_ref().map(|plan| plan.check(read_only)))
                     .collect()
             })
             .collect();
         let step = try_join_all(
-            which
+            groups
                 .iter()
                 .zip(&checks)
-                .map(|(g, checks)| self.counter.check(groups[*g].0, checks)),
+                .map(|((tenant, _), checks)| self.counter.check(tenant, checks)),
         );
-        let outcome = tokio::time::timeout(self.deadline, step).await;
-        if let Some(probe) = probe {
-            probe.disarm();
-        }
-        match outcome {
+        match tokio::time::timeout(self.deadline, step).await {
             Ok(Ok(verdicts)) => {
-                self.breaker.record_success();
+                self.breaker.record_success(probe);
                 Ok(Some(verdicts))
             }
             Ok(Err(err)) => {
-                self.breaker.record_failure();
+                self.breaker.record_failure(probe);
                 self.fail("counter store failed", Some(&err))
             }
             Err(_) => {
-                self.breaker.record_failure();
+                self.breaker.record_failure(probe);
                 self.fail("counter step missed its deadline", None)
             }
         }
@@ -477,6 +504,195 @@ mod tests {
             );
         }
         assert_ne!(counter_tenant("a{b}"), counter_tenant("a{c}"));
+    }
+
+    #[test]
+    fn an_override_counts_in_the_policys_log_only_with_the_policys_window() {
+        use crate::domain::{EndpointPattern, Limits, Policy, PolicyId, PolicyTenant};
+        use crate::ratelimit::{request::LimitOverride, snapshot::PolicySnapshot};
+
+        let id = PolicyId::generate();
+        let snapshot = PolicySnapshot::build([Policy {
+            id,
+            tenant: PolicyTenant::parse("acme").unwrap(),
+            pattern: EndpointPattern::parse("*").unwrap(),
+            limits: Limits::new(100, 60, 20).unwrap(),
+            enabled: true,
+            shadow: false,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            version: 1,
+        }]);
+        let policy = snapshot.lookup("acme", None, None);
+        let policy_key = format!("p:{id}");
+        // (requests_per_unit, unit, seconds) → (key, burst, unit reported)
+        let cases = [
+            (
+                (50, RateLimitUnit::Minute, 60),
+                (policy_key.clone(), 20, Unit::Minute),
+            ),
+            (
+                (5, RateLimitUnit::Minute, 60),
+                (policy_key.clone(), 5, Unit::Minute),
+            ),
+            (
+                (50, RateLimitUnit::Second, 1),
+                (format!("{policy_key}:w1"), 20, Unit::Second),
+            ),
+            (
+                (500, RateLimitUnit::Month, 2_592_000),
+                (format!("{policy_key}:w2592000"), 20, Unit::Month),
+            ),
+        ];
+        for ((requests_per_unit, unit, seconds), (key, burst, reported)) in cases {
+            let descriptor = ParsedDescriptor {
+                tenant: "acme",
+                path: None,
+                method: None,
+                hits: 1,
+                limit_override: Some(LimitOverride {
+                    requests_per_unit,
+                    unit,
+                    window: Duration::from_secs(seconds),
+                }),
+                index: 0,
+            };
+            let plan = Plan::new(&descriptor, policy, &[]).expect("counted");
+            assert_eq!(plan.key_suffix, key, "{unit:?}");
+            assert_eq!(
+                (
+                    plan.max_requests,
+                    plan.window_ms,
+                    plan.burst_limit,
+                    plan.unit
+                ),
+                (requests_per_unit, seconds * 1000, burst, reported),
+                "{unit:?}"
+            );
+            assert_eq!(plan.name, id.to_string());
+        }
+    }
+
+    /// A limiter over the in-process counter with `policies` (tenant, pattern, max, window).
+    fn in_memory_limiter(policies: &[(&str, &str, u32, u32)]) -> RateLimiter {
+        use crate::domain::{EndpointPattern, Limits, Policy, PolicyId, PolicyTenant};
+        use crate::ratelimit::{counter::InMemoryCounter, snapshot::PolicySnapshot};
+
+        let snapshot = Arc::new(SharedSnapshot::new());
+        snapshot.store(PolicySnapshot::build(policies.iter().map(
+            |(tenant, pattern, max, window)| Policy {
+                id: PolicyId::generate(),
+                tenant: PolicyTenant::parse(tenant).unwrap(),
+                pattern: EndpointPattern::parse(pattern).unwrap(),
+                limits: Limits::new(*max, *window, 0).unwrap(),
+                enabled: true,
+                shadow: false,
+                created_at: chrono::Utc::now(),
+                updated_at: chrono::Utc::now(),
+                version: 1,
+            },
+        )));
+        RateLimiter::new(
+            snapshot,
+            Arc::new(InMemoryCounter::new(1_000)),
+            RateLimiterConfig {
+                keys: DescriptorKeys::default(),
+                deadline: Duration::from_secs(1),
+                failure_mode: FailureMode::Open,
+            },
+            Metrics::new(),
+        )
+    }
+
+    fn descriptor(
+        tenant: &str,
+        path: &str,
+        limit: Option<(u32, RateLimitUnit)>,
+        hits: Option<u64>,
+    ) -> crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+        use crate::proto::envoy::extensions::common::ratelimit::v3::{
+            RateLimitDescriptor,
+            rate_limit_descriptor::{Entry, RateLimitOverride},
+        };
+        RateLimitDescriptor {
+            entries: [("tenant_id", tenant), ("path", path)]
+                .iter()
+                .map(|(key, value)| Entry {
+                    key: (*key).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+            limit: limit.map(|(requests_per_unit, unit)| RateLimitOverride {
+                requests_per_unit,
+                unit: unit as i32,
+            }),
+            hits_addend: hits,
+        }
+    }
+
+    async fn decide(
+        limiter: &RateLimiter,
+        descriptors: Vec<
+            crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor,
+        >,
+    ) -> RateLimitResponse {
+        limiter
+            .decide(&RateLimitRequest {
+                domain: "edge".into(),
+                descriptors,
+                hits_addend: 0,
+            })
+            .await
+            .expect("a valid request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_memory_an_override_with_another_window_leaves_the_policys_log_alone() {
+        let limiter = in_memory_limiter(&[("acme", "/o", 10, 60)]);
+        for _ in 0..3 {
+            decide(&limiter, vec![descriptor("acme", "/o", None, None)]).await;
+        }
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        for expected in [4, 3] {
+            let response = decide(
+                &limiter,
+                vec![descriptor(
+                    "acme",
+                    "/o",
+                    Some((5, RateLimitUnit::Second)),
+                    None,
+                )],
+            )
+            .await;
+            assert_eq!(response.statuses[0].limit_remaining, expected);
+        }
+        let policy_left = decide(&limiter, vec![descriptor("acme", "/o", None, Some(0))]).await;
+        assert_eq!(policy_left.statuses[0].limit_remaining, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_memory_a_denial_from_memory_counts_no_other_tenants_hits() {
+        let limiter = in_memory_limiter(&[("busy", "/m", 5, 60), ("spent", "/m", 1, 60)]);
+        decide(&limiter, vec![descriptor("spent", "/m", None, None)]).await;
+        let both = || {
+            vec![
+                descriptor("busy", "/m", None, None),
+                descriptor("spent", "/m", None, None),
+            ]
+        };
+        let response = decide(&limiter, both()).await;
+        assert_eq!(response.overall_code, Code::OverLimit as i32);
+        assert_eq!(
+            (
+                response.statuses[0].code,
+                response.statuses[0].limit_remaining
+            ),
+            (Code::Ok as i32, 5),
+            "read, not counted"
+        );
+        assert_eq!(response.statuses[1].code, Code::OverLimit as i32);
+        let busy_left = decide(&limiter, vec![descriptor("busy", "/m", None, Some(0))]).await;
+        assert_eq!(busy_left.statuses[0].limit_remaining, 5);
     }
 
     #[test]

@@ -41,7 +41,8 @@ impl ActivePolicy {
     }
 }
 
-/// The RLS unit whose length is exactly `window_seconds`, if there is one.
+/// The RLS unit whose length is exactly `window_seconds`, if there is one. MONTH is 30 days and
+/// YEAR 365 days, as in envoyproxy/ratelimit and as a descriptor's `limit` override reads them.
 pub fn unit_for_window(window_seconds: u32) -> Unit {
     match window_seconds {
         1 => Unit::Second,
@@ -49,6 +50,8 @@ pub fn unit_for_window(window_seconds: u32) -> Unit {
         3_600 => Unit::Hour,
         86_400 => Unit::Day,
         604_800 => Unit::Week,
+        2_592_000 => Unit::Month,
+        31_536_000 => Unit::Year,
         _ => Unit::Unknown,
     }
 }
@@ -230,8 +233,39 @@ mod tests {
 
     #[test]
     fn units_follow_the_window() {
-        assert_eq!(unit_for_window(60), Unit::Minute);
-        assert_eq!(unit_for_window(86_400), Unit::Day);
-        assert_eq!(unit_for_window(90), Unit::Unknown);
+        let cases = [
+            (1, Unit::Second),
+            (60, Unit::Minute),
+            (3_600, Unit::Hour),
+            (86_400, Unit::Day),
+            (7 * 86_400, Unit::Week),
+            (30 * 86_400, Unit::Month),
+            (365 * 86_400, Unit::Year),
+            (90, Unit::Unknown),
+            (31 * 86_400, Unit::Unknown),
+        ];
+        for (window_seconds, unit) in cases {
+            assert_eq!(unit_for_window(window_seconds), unit, "{window_seconds} s");
+        }
+    }
+
+    #[test]
+    fn response_units_have_envoys_numbers() {
+        // RateLimitResponse.RateLimit.Unit and envoy.type.v3.RateLimitUnit must agree with
+        // Envoy's: an override's unit is echoed by number.
+        use crate::proto::envoy::r#type::v3::RateLimitUnit;
+        let cases = [
+            (Unit::Unknown, RateLimitUnit::Unknown, 0),
+            (Unit::Second, RateLimitUnit::Second, 1),
+            (Unit::Minute, RateLimitUnit::Minute, 2),
+            (Unit::Hour, RateLimitUnit::Hour, 3),
+            (Unit::Day, RateLimitUnit::Day, 4),
+            (Unit::Month, RateLimitUnit::Month, 5),
+            (Unit::Year, RateLimitUnit::Year, 6),
+            (Unit::Week, RateLimitUnit::Week, 7),
+        ];
+        for (response, request, number) in cases {
+            assert_eq!((response as i32, request as i32), (number, number));
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! HTTP), [`policies`] (every RPC, tenant scoping, validation, conflicts, etags), [`pagination`]
 //! (`ListPolicies` pages and cursors), [`auth`] (JWT failures and public-key configuration),
 //! [`lifecycle`] (health, readiness, graceful shutdown, database outage), [`grpcurl`] (the real
-//! grpcurl binary through reflection, and the `sluice token` command), [`rate_limit`]
+//! grpcurl binary through reflection, and the `sluice token` command), [`metrics`] (bounded
+//! per-RPC labels on `/metrics`), [`rate_limit`]
 //! (`ShouldRateLimit` against real Redis: every rule of SPEC §3, two instances, propagation,
 //! failure modes).
 
@@ -16,6 +17,7 @@ mod auth;
 mod grpcurl;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod pagination;
 mod policies;
 mod rate_limit;

@@ -332,6 +332,10 @@ async fn bad_requests_are_invalid_argument_naming_the_problem() {
     no_domain.domain.clear();
     let mut big_hits = call("a", "GET", "/");
     big_hits.hits_addend = 1_000_001;
+    let mut big_descriptor_hits = call("a", "GET", "/");
+    big_descriptor_hits.descriptors[0].hits_addend = Some(1_000_001);
+    let mut unknown_unit = with_limit("a", "/", 1, RateLimitUnit::Second);
+    unknown_unit.descriptors[0].limit.as_mut().unwrap().unit = RateLimitUnit::Unknown as i32;
     let cases = [
         (no_domain, "domain must not be empty"),
         (request(vec![descriptor(&[])]), "has no entries"),
@@ -344,6 +348,19 @@ async fn bad_requests_are_invalid_argument_naming_the_problem() {
             "at most 1024 bytes",
         ),
         (big_hits, "hits_addend must be at most 1000000"),
+        (
+            request(vec![descriptor(&[("a", "b"); 65])]),
+            "descriptors[0] has 65 entries; at most 64 are allowed",
+        ),
+        (
+            big_descriptor_hits,
+            "descriptors[0].hits_addend must be at most 1000000, got 1000001",
+        ),
+        (
+            with_limit("a", "/", 1_000_001, RateLimitUnit::Second),
+            "descriptors[0].limit.requests_per_unit must be at most 1000000",
+        ),
+        (unknown_unit, "descriptors[0].limit.unit must be"),
     ];
     for (req, needle) in cases {
         let status = rls(&app).should_rate_limit(req).await.unwrap_err();
@@ -763,6 +780,273 @@ async fn no_window_length_span_admits_more_than_max_across_several_windows() {
         assert!(
             span >= Duration::from_millis(999),
             "6 hits admitted within {span:?}, inside one 1 s window"
+        );
+    }
+}
+
+/// A descriptor of `tenant` on `path`, with its own `limit` override.
+fn with_limit(
+    tenant: &str,
+    path: &str,
+    requests_per_unit: u32,
+    unit: RateLimitUnit,
+) -> RateLimitRequest {
+    let mut d = descriptor(&[("tenant_id", tenant), ("path", path)]);
+    d.limit = Some(RateLimitOverride {
+        requests_per_unit,
+        unit: unit as i32,
+    });
+    request(vec![d])
+}
+
+/// What `tenant`'s policy on `path` has left, read without counting.
+async fn remaining(app: &TestApp, tenant: &str, path: &str) -> u32 {
+    let mut req = request(vec![descriptor(&[("tenant_id", tenant), ("path", path)])]);
+    req.descriptors[0].hits_addend = Some(0);
+    let response = check(app, req).await;
+    assert!(
+        response.statuses[0].current_limit.is_some(),
+        "counted, not failed open: {response:?}"
+    );
+    response.statuses[0].limit_remaining
+}
+
+/// Milliseconds `key` has left to live in the test Redis (-2: no such key, -1: no expiry).
+async fn pttl(key: &str) -> i64 {
+    use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
+    let config = Config::from_url(&support::redis_url().await).expect("a Redis URL");
+    let client = Builder::from_config(config)
+        .build()
+        .expect("a Redis client");
+    client.init().await.expect("Redis answers");
+    let ttl: i64 = client.pttl(key).await.expect("PTTL");
+    let _ = client.quit().await;
+    ttl
+}
+
+#[tokio::test]
+async fn an_override_on_a_policy_never_disturbs_the_policys_shared_counter() {
+    let prefix = support::unique_redis_prefix();
+    let app = spawn_app_with(with_redis(prefix.clone()).await).await;
+    let tenant = unique_tenant("shared-log");
+    let created = policy(&app, new_policy(&tenant, "/o", 10)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            code(&check(&app, call(&tenant, "GET", "/o")).await),
+            Code::Ok
+        );
+    }
+    // Older than any one-second window from now on.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    // Another window: a log of its own, reported with the override's numbers and the policy id.
+    for expected_remaining in [4, 3] {
+        let response = check(&app, with_limit(&tenant, "/o", 5, RateLimitUnit::Second)).await;
+        assert_eq!(code(&response), Code::Ok);
+        let status = &response.statuses[0];
+        assert_eq!(status.limit_remaining, expected_remaining);
+        let limit = status.current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit, limit.name.as_str()),
+            (5, Unit::Second as i32, created.id.as_str())
+        );
+    }
+    assert_eq!(
+        remaining(&app, &tenant, "/o").await,
+        7,
+        "the policy's three hits survive an override with a shorter window"
+    );
+    let policy_key = format!("{prefix}{{{tenant}}}:p:{}", created.id);
+    let ttl = pttl(&policy_key).await;
+    assert!(
+        ttl > 50_000,
+        "the policy's log keeps the expiry of its own 60 s window: {ttl} ms"
+    );
+
+    // The same window: the policy's shared log, judged against the override's number.
+    let response = check(&app, with_limit(&tenant, "/o", 4, RateLimitUnit::Minute)).await;
+    assert_eq!(
+        (code(&response), response.statuses[0].limit_remaining),
+        (Code::Ok, 0),
+        "3 policy hits + this one = 4"
+    );
+    let response = check(&app, with_limit(&tenant, "/o", 4, RateLimitUnit::Minute)).await;
+    assert_eq!(code(&response), Code::OverLimit);
+    assert_eq!(remaining(&app, &tenant, "/o").await, 6);
+}
+
+#[tokio::test]
+async fn a_burst_limit_is_enforced_with_or_without_an_override() {
+    let app = spawn_with_redis().await;
+    // (override of the request, if any): a policy of 10 per minute with a burst of 2 each.
+    let cases = [
+        None,
+        Some((5, RateLimitUnit::Minute)),
+        Some((5, RateLimitUnit::Hour)),
+    ];
+    for limit in cases {
+        let tenant = unique_tenant("burst");
+        let mut p = new_policy(&tenant, "/b", 10);
+        p.burst_limit = 2;
+        policy(&app, p).await;
+        let req = || match limit {
+            None => call(&tenant, "GET", "/b"),
+            Some((n, unit)) => with_limit(&tenant, "/b", n, unit),
+        };
+        let started = Instant::now();
+        let codes = [
+            code(&check(&app, req()).await),
+            code(&check(&app, req()).await),
+            code(&check(&app, req()).await),
+        ];
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "three checks should take well under a second: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(codes, [Code::Ok, Code::Ok, Code::OverLimit], "{limit:?}");
+        // The burst recovers within a second; the window still has room.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(code(&check(&app, req()).await), Code::Ok, "{limit:?}");
+    }
+}
+
+#[tokio::test]
+async fn responses_carry_the_unit_of_the_window_or_of_the_override() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("units");
+    // Policies: (path, window_seconds, unit).
+    let policies = [
+        ("/week", 7 * 86_400, Unit::Week),
+        ("/month", 30 * 86_400, Unit::Month),
+        ("/ninety", 90, Unit::Unknown),
+    ];
+    for (path, window_seconds, unit) in policies {
+        let mut p = new_policy(&tenant, path, 10);
+        p.window_seconds = window_seconds;
+        policy(&app, p).await;
+        let response = check(&app, call(&tenant, "GET", path)).await;
+        let limit = response.statuses[0].current_limit.as_ref().unwrap();
+        assert_eq!(limit.unit, unit as i32, "{path}");
+    }
+    // Overrides without a policy: (unit of the override, unit reported).
+    let overrides = [
+        (RateLimitUnit::Second, Unit::Second),
+        (RateLimitUnit::Week, Unit::Week),
+        (RateLimitUnit::Month, Unit::Month),
+        (RateLimitUnit::Year, Unit::Year),
+    ];
+    for (unit, reported) in overrides {
+        // One descriptor, one allowed hit per unit: each unit counts in a log of its own.
+        let response = check(&app, with_limit(&tenant, "/no-policy", 1, unit)).await;
+        assert_eq!(code(&response), Code::Ok, "{unit:?}");
+        let limit = response.statuses[0].current_limit.as_ref().unwrap();
+        assert_eq!((limit.requests_per_unit, limit.unit), (1, reported as i32));
+        assert!(limit.name.is_empty(), "no policy, no name");
+    }
+    // An override on a policy reports its own unit too.
+    let response = check(&app, with_limit(&tenant, "/week", 3, RateLimitUnit::Year)).await;
+    let limit = response.statuses[0].current_limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit),
+        (3, Unit::Year as i32)
+    );
+}
+
+#[tokio::test]
+async fn a_request_denied_from_memory_counts_nothing_for_any_tenant() {
+    let app = spawn_with_redis().await;
+    let (busy, exhausted) = (unique_tenant("busy"), unique_tenant("exhausted"));
+    policy(&app, new_policy(&busy, "/m", 100)).await;
+    policy(&app, new_policy(&exhausted, "/m", 1)).await;
+    assert_eq!(
+        code(&check(&app, call(&exhausted, "GET", "/m")).await),
+        Code::Ok
+    );
+
+    let both = request(vec![
+        descriptor(&[("tenant_id", &busy), ("path", "/m")]),
+        descriptor(&[("tenant_id", &exhausted), ("path", "/m")]),
+    ]);
+    let started = Instant::now();
+    loop {
+        // The exhausted tenant alone: denied, and the over-limit cache learns it.
+        assert_eq!(
+            code(&check(&app, call(&exhausted, "GET", "/m")).await),
+            Code::OverLimit
+        );
+        let before = remaining(&app, &busy, "/m").await;
+        let response = check(&app, both.clone()).await;
+        assert_eq!(code(&response), Code::OverLimit, "{response:?}");
+        assert_eq!(response.statuses[1].code, Code::OverLimit as i32);
+        let busy_status = &response.statuses[0];
+        assert_eq!(busy_status.code, Code::Ok as i32, "{response:?}");
+        if busy_status.limit_remaining == before {
+            // Denied from memory: the busy tenant's descriptor was read, not counted.
+            assert_eq!(
+                remaining(&app, &busy, "/m").await,
+                before,
+                "a denied request consumes no quota, not even another tenant's"
+            );
+            return;
+        }
+        // Counted: a policy reload (the NOTIFY of our own changes) replaced the snapshot between
+        // learning and this request, so Redis decided it — each tenant on its own. That settles
+        // within moments; a build that counts the other tenant every time never gets here.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the busy tenant was counted on every request denied for the exhausted one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn descriptor_entry_keys_are_configurable_end_to_end() {
+    let redis = with_redis(support::unique_redis_prefix()).await;
+    let app = spawn_app_with(move |s| {
+        redis(s);
+        s.tenant_key = "org".into();
+        s.path_key = ":path".into();
+        s.method_key = ":method".into();
+    })
+    .await;
+    let tenant = unique_tenant("keys");
+    let created = policy(&app, new_policy(&tenant, "POST /k/*", 1)).await;
+    let custom = || {
+        request(vec![descriptor(&[
+            ("org", &tenant),
+            (":path", "/k/1"),
+            (":method", "POST"),
+        ])])
+    };
+    // (request, limit name expected, overall code)
+    let cases = [
+        (custom(), Some(created.id.as_str()), Code::Ok),
+        (custom(), Some(created.id.as_str()), Code::OverLimit),
+        // The default keys mean nothing here: no tenant (anonymous), no path, no method.
+        (call(&tenant, "POST", "/k/1"), None, Code::Ok),
+        // The method is read from `:method`: GET is not matched by `POST /k/*`.
+        (
+            request(vec![descriptor(&[
+                ("org", &tenant),
+                (":path", "/k/1"),
+                (":method", "GET"),
+            ])]),
+            None,
+            Code::Ok,
+        ),
+    ];
+    for (i, (req, name, expected)) in cases.into_iter().enumerate() {
+        let response = check(&app, req).await;
+        assert_eq!(code(&response), expected, "case {i}");
+        assert_eq!(
+            response.statuses[0]
+                .current_limit
+                .as_ref()
+                .map(|l| l.name.as_str()),
+            name,
+            "case {i}"
         );
     }
 }

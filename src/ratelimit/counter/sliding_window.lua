@@ -24,7 +24,10 @@ previous member's score. The hits in any span are then
 which costs two O(log n) range reads, whatever the number of members.
 
 A hit at score s is in the window while now - s < window. Every written key gets a PEXPIRE of the
-longest window it is used with plus one second, so no key is ever left without an expiry.
+longest window it is used with plus one second, so no key is ever left without an expiry. The trim
+and the PEXPIRE follow the windows of this call only: Sluice checks each key with one window (a log
+is defined by policy or descriptor, tenant and window; src/ratelimit/service.rs), so neither can
+drop a hit that another caller of the same key still counts.
 
 Decision: a check fits when counted + hits <= max_requests and, with a burst limit,
 counted_last_second + hits <= burst_limit. When every enforcing check fits, each fitting check
