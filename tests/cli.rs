@@ -480,6 +480,16 @@ async fn at_the_memory_key_cap_a_new_counter_fails_per_the_failure_mode() {
             ),
         }
         assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((100, 98))));
+        // A flood of new tenants, more than the breaker's failure threshold, fails per the mode
+        // but does not open the breaker: acme, whose counter is tracked, is still counted.
+        for n in 0..(2 * sluice::ratelimit::breaker::FAILURES_TO_OPEN) {
+            let _ = should_rate_limit(&channel, get_orders(&format!("flood-{n}"))).await;
+        }
+        assert_eq!(
+            decide(&channel, "acme").await,
+            (Code::Ok, Some((100, 97))),
+            "{mode}: acme is still counted after the flood"
+        );
 
         let warned = served.log_lines().into_iter().any(|l| {
             l["level"] == "WARN"

@@ -438,6 +438,12 @@ impl RateLimiter {
                 self.breaker.record_success(probe);
                 Ok(Some(verdicts))
             }
+            // A full in-process counter is working as configured: the call fails per the failure
+            // mode, but the breaker must not open for every tenant because of one flood of keys.
+            Ok(Err(err @ CounterError::Full(_))) => {
+                self.breaker.record_success(probe);
+                self.fail("in-process counter full", Some(&err))
+            }
             Ok(Err(err)) => {
                 self.breaker.record_failure(probe);
                 self.fail("counter store failed", Some(&err))

@@ -13,7 +13,7 @@
 //! plus roughly 150 bytes for the counter itself and its key.
 //!
 //! At the cap, a call whose recording would need a counter not yet tracked fails as a whole with
-//! [`CounterError::Config`] naming the setting: nothing is recorded for any of its checks, and the
+//! [`CounterError::Full`] naming the setting: nothing is recorded for any of its checks, and the
 //! caller answers per `SLUICE_FAILURE_MODE`, as for any counter failure. Calls that only use
 //! tracked counters, and calls that record nothing (denied, or `hits` 0), go on as usual. A
 //! warning is logged at most once a minute.
@@ -208,7 +208,7 @@ impl InMemoryCounter {
 
     /// The error of a call that needs a counter while the cap is reached.
     fn full(&self) -> CounterError {
-        CounterError::Config(format!(
+        CounterError::Full(format!(
             "the in-process counter is full: it already tracks SLUICE_MEMORY_MAX_KEYS={} \
              counters (raise --memory-max-keys / SLUICE_MEMORY_MAX_KEYS, or set REDIS_URL)",
             self.max_tracked_keys
@@ -423,7 +423,7 @@ mod tests {
     }
 
     fn is_full_error(result: &Result<Vec<CounterVerdict>, CounterError>) -> bool {
-        matches!(result, Err(CounterError::Config(message)) if message.contains("SLUICE_MEMORY_MAX_KEYS"))
+        matches!(result, Err(CounterError::Full(message)) if message.contains("SLUICE_MEMORY_MAX_KEYS"))
     }
 
     #[tokio::test(start_paused = true)]

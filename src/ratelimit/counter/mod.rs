@@ -78,6 +78,10 @@ pub enum CounterError {
     /// The counter could not be set up (bad URL, key prefix or pool size).
     #[error("invalid counter configuration: {0}")]
     Config(String),
+    /// The in-process counter tracks as many counters as `SLUICE_MEMORY_MAX_KEYS` allows and the
+    /// call needs a new one. Says nothing about the counter's health, so the breaker ignores it.
+    #[error("{0}")]
+    Full(String),
     /// The caller passed a check the counter cannot represent.
     #[error("invalid counter check: {0}")]
     InvalidCheck(String),
