@@ -34,7 +34,9 @@ for scenario in "${scenarios[@]}"; do
     done
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
+# A metric a scenario does not have (no Redis figures for `memory`) is empty: `|| true` keeps grep's
+# "no lines" status from ending the script under `set -e -o pipefail`.
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
 printf '%-10s %-9s %10s %10s %7s\n' scenario metric base new ratio
 for scenario in "${scenarios[@]}"; do
   for metric in "${metrics[@]}"; do
