@@ -549,25 +549,34 @@ mod tests {
 
     #[test]
     fn every_served_method_is_a_known_label() {
-        // The router's services, by their generated names: a renamed or added service must be
-        // added to GRPC_METHODS, or its calls would be counted as `unknown`.
-        use crate::proto::{
-            envoy::service::ratelimit::v3::rate_limit_service_server,
-            sluice::admin::v1::policy_service_server,
-        };
-        for service in [
-            rate_limit_service_server::SERVICE_NAME,
-            policy_service_server::SERVICE_NAME,
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
+        // Every method of every service the router serves, read from the same descriptor sets
+        // that reflection serves: an added or renamed RPC must be added to GRPC_METHODS, or its
+        // calls would be counted as `unknown`.
+        use prost::Message;
+        let mut served = Vec::new();
+        for set in [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ] {
-            assert!(
-                GRPC_METHODS
-                    .iter()
-                    .any(|path| path.starts_with(&format!("/{service}/"))),
-                "{service}"
-            );
+            let set = prost_types::FileDescriptorSet::decode(set).expect("a descriptor set");
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        served.push(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
         }
+        served.sort();
+        let mut known: Vec<String> = GRPC_METHODS.iter().map(|m| (*m).to_owned()).collect();
+        known.sort();
+        assert_eq!(served, known);
     }
 }

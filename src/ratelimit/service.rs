@@ -310,9 +310,11 @@ impl RateLimiter {
                     unmatched_status()
                 }
                 (Some(_), None) => {
-                    // The counter step failed and the failure mode is `open` (or the request
-                    // was already denied from memory).
-                    self.metrics.checks_fail_open.inc();
+                    // The counter step failed: the failure mode is `open`, or the request was
+                    // already denied from memory and only its read failed — not a fail-open.
+                    if !denied_from_memory {
+                        self.metrics.checks_fail_open.inc();
+                    }
                     unmatched_status()
                 }
                 (Some(plan), Some(verdict)) => {

@@ -3,8 +3,11 @@
 //! one that accepts them and then stalls (a lock held elsewhere, a network that drops packets), so
 //! an admin call answers UNAVAILABLE instead of hanging.
 //!
-//! A call cut off by the deadline is dropped: an open transaction rolls back, so a write either
-//! committed in full before the deadline or not at all.
+//! A call cut off by the deadline is dropped. Every write runs in a transaction, which then rolls
+//! back (PostgreSQL also abandons any statement after `postgres::STATEMENT_TIMEOUT` by itself), so
+//! a write commits in full or not at all. One case stays ambiguous, as with any database client:
+//! a deadline that falls while the COMMIT itself is in flight — the write may have landed although
+//! the caller was told UNAVAILABLE, and a retry then sees ALREADY_EXISTS or a new etag.
 
 use std::{future::Future, sync::Arc, time::Duration};
 

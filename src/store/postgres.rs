@@ -18,6 +18,10 @@ use crate::domain::{NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, Tena
 /// Migrations for PostgreSQL, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The longest any one statement may run (or wait for a lock) inside PostgreSQL. Shorter than the
+/// admin path's per-call deadline, so a stalled statement normally fails in the database first.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// The NOTIFY channel every policy change is announced on.
 pub const POLICY_CHANNEL: &str = "sluice_policies";
 
@@ -38,7 +42,14 @@ pub struct PgPolicyStore {
 impl PgPolicyStore {
     /// A lazily connecting pool: start-up does not fail when the database is briefly away, and a
     /// request waits at most `acquire_timeout` for a connection before answering UNAVAILABLE.
+    /// Every session gets [`STATEMENT_TIMEOUT`], so the database itself abandons a statement stuck
+    /// behind a lock instead of running it after the caller has given up.
     pub fn connect_lazy(options: PgConnectOptions, acquire_timeout: Duration) -> Self {
+        let timeout = format!("{}ms", STATEMENT_TIMEOUT.as_millis());
+        let options = options.options([
+            ("statement_timeout", timeout.as_str()),
+            ("lock_timeout", timeout.as_str()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(acquire_timeout)
@@ -84,6 +95,10 @@ impl PgPolicyStore {
 impl PolicyStore for PgPolicyStore {
     #[tracing::instrument(skip_all, fields(tenant = %new.tenant, pattern = %new.pattern))]
     async fn create(&self, new: NewPolicy) -> Result<Policy, StoreError> {
+        // A transaction, not autocommit: if the caller gives up (the store deadline) while the
+        // INSERT still waits inside the database, the dropped transaction rolls back instead of
+        // the row landing after the client was told UNAVAILABLE.
+        let mut tx = self.pool.begin().await.map_err(StoreError::Unavailable)?;
         let row: PolicyRow = sqlx::query_as(concat!(
             "INSERT INTO rate_policies \
              (id, tenant_id, endpoint_pattern, max_requests, window_seconds, burst_limit, enabled, shadow) \
@@ -97,9 +112,10 @@ impl PolicyStore for PgPolicyStore {
         .bind(new.limits.burst_limit() as i32)
         .bind(new.enabled)
         .bind(new.shadow)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|err| map_write_error(err, &new.tenant, &new.pattern))?;
+        tx.commit().await.map_err(StoreError::Unavailable)?;
         row.into_policy()
     }
 

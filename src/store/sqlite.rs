@@ -124,6 +124,9 @@ impl PolicyStore for SqlitePolicyStore {
     #[tracing::instrument(skip_all, fields(tenant = %new.tenant, pattern = %new.pattern))]
     async fn create(&self, new: NewPolicy) -> Result<Policy, StoreError> {
         let now = now_micros();
+        // A transaction, not autocommit: if the caller gives up (the store deadline) while the
+        // INSERT still waits for the write lock, the dropped transaction rolls back.
+        let mut tx = self.begin_write().await?;
         let row: PolicyRow = sqlx::query_as(concat!(
             "INSERT INTO rate_policies \
              (id, tenant_id, endpoint_pattern, max_requests, window_seconds, burst_limit, \
@@ -141,9 +144,10 @@ impl PolicyStore for SqlitePolicyStore {
         .bind(new.enabled)
         .bind(new.shadow)
         .bind(now)
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|err| map_write_error(err, &new.tenant, &new.pattern))?;
+        tx.commit().await.map_err(StoreError::Unavailable)?;
         row.into_policy()
     }
 

@@ -74,7 +74,7 @@ async fn cut_off(admin: &mut PgConnection, database: &str) {
     .expect("disallow connections");
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = $1 AND pid <> pg_backend_pid()",
+         WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
     )
     .bind(database)
     .execute(&mut *admin)
@@ -187,31 +187,44 @@ async fn a_stalled_database_answers_unavailable_and_keeps_nothing_half_done() {
         .await
         .expect("lock the table");
 
-    // Act
+    // Act: a create and an update wait behind the lock; the lock is held past the store
+    // deadline, then released, so anything still queued inside the database could run then
     let mut raised = existing.clone();
     raised.max_requests = 99;
     let started = Instant::now();
-    let update = tokio::time::timeout(
-        Duration::from_secs(15),
-        app.update(&acme, raised, &["max_requests"]),
-    )
+    let answered = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::join!(
+            async {
+                let result = app.create(&acme, new_policy("acme", "/v2/**", 10)).await;
+                (result, started.elapsed())
+            },
+            async {
+                let result = app.update(&acme, raised, &["max_requests"]).await;
+                (result, started.elapsed())
+            },
+        )
+    })
     .await;
-    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
     sqlx::query("COMMIT")
         .execute(&mut locker)
         .await
         .expect("release the lock");
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Assert: UNAVAILABLE after the store deadline (5 s), not a hang; and the write that was cut
-    // off did not land.
-    let update = update.expect("the call answered instead of hanging on the stalled database");
+    // Assert: both UNAVAILABLE within the store deadline, not a hang; and neither write landed,
+    // not even once the lock was gone
+    let ((create, create_took), (update, update_took)) =
+        answered.expect("the calls answered instead of hanging on the stalled database");
+    expect_error(create, Code::Unavailable, "STORE_UNAVAILABLE");
     expect_error(update, Code::Unavailable, "STORE_UNAVAILABLE");
-    assert!(
-        took >= Duration::from_secs(4) && took < Duration::from_secs(9),
-        "the call waited for the store deadline, took {took:?}"
-    );
-    let after = app.get(&acme, &existing.id).await.expect("get after");
-    assert_eq!(after, existing);
+    for took in [create_took, update_took] {
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(9),
+            "each call gave up at the statement timeout or store deadline, took {took:?}"
+        );
+    }
+    assert_eq!(app.list_all(&acme, "", 0).await, vec![existing]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
