@@ -177,15 +177,7 @@ async fn a_stalled_database_answers_unavailable_and_keeps_nothing_half_done() {
     let app = spawn_app().await;
     let acme = app.token("acme");
     let existing = app.create_ok(&acme, new_policy("acme", "/v1/**", 10)).await;
-    let mut locker = app.database_connection().await;
-    sqlx::query("BEGIN")
-        .execute(&mut locker)
-        .await
-        .expect("begin");
-    sqlx::query("LOCK TABLE rate_policies IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .expect("lock the table");
+    let mut locker = lock_the_policies_table(&app).await;
 
     // Act: a create and an update wait behind the lock; the lock is held past the store
     // deadline, then released, so anything still queued inside the database could run then
@@ -233,15 +225,7 @@ async fn shutdown_lets_a_call_in_flight_finish_then_stops() {
     let mut app = spawn_app().await;
     let acme = app.token("acme");
     let created = app.create_ok(&acme, new_policy("acme", "/v1/**", 10)).await;
-    let mut locker = app.database_connection().await;
-    sqlx::query("BEGIN")
-        .execute(&mut locker)
-        .await
-        .expect("begin");
-    sqlx::query("LOCK TABLE rate_policies IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .expect("lock the table");
+    let mut locker = lock_the_policies_table(&app).await;
     let slow_list = {
         let app_client = app.client();
         let token = acme.clone();
@@ -363,4 +347,19 @@ async fn wait_for_a_blocked_query(locker: &mut PgConnection) {
         assert!(Instant::now() < deadline, "the List never reached the lock");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A connection of the test's own holding `rate_policies` in ACCESS EXCLUSIVE mode inside an open
+/// transaction: every query of the app on that table waits until the test sends COMMIT.
+async fn lock_the_policies_table(app: &TestApp) -> PgConnection {
+    let mut locker = app.database_connection().await;
+    sqlx::query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE rate_policies IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock the table");
+    locker
 }

@@ -89,14 +89,7 @@ async fn unsigned_foreign_and_expired_tokens_are_rejected_by_envoy_before_any_li
         assert_eq!(reply.status, 401, "{what}: {reply:?}");
         assert_no_limit_headers(&reply);
     }
-    assert_eq!(stack.backend.hits(), 0);
-    assert_eq!(stack.envoy.stat("http.edge.jwt_authn.denied").await, 4);
-    let stats = stack.envoy.ratelimit_stats().await;
-    assert_eq!(
-        (stats.ok(), stats.over_limit(), stats.error()),
-        (0, 0, 0),
-        "rejected before the rate-limit filter: {stats:?}"
-    );
+    assert_refused_before_the_rate_limit(&stack, 4).await;
 
     // The same request with a good token passes: the token was the only problem.
     let reply = stack
@@ -132,14 +125,7 @@ async fn tokens_from_another_issuer_or_for_another_audience_are_refused_by_envoy
         assert_eq!(reply.status, status, "{what}: {reply:?}");
         assert_no_limit_headers(&reply);
     }
-    assert_eq!(stack.backend.hits(), 0);
-    assert_eq!(stack.envoy.stat("http.edge.jwt_authn.denied").await, 2);
-    let stats = stack.envoy.ratelimit_stats().await;
-    assert_eq!(
-        (stats.ok(), stats.over_limit(), stats.error()),
-        (0, 0, 0),
-        "rejected before the rate-limit filter: {stats:?}"
-    );
+    assert_refused_before_the_rate_limit(&stack, 2).await;
 
     // The same claims with the configured issuer and audience pass.
     let reply = stack
@@ -151,4 +137,20 @@ async fn tokens_from_another_issuer_or_for_another_audience_are_refused_by_envoy
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_limit_headers(&reply, 100, 99);
+}
+
+/// `refused` requests were denied by `jwt_authn`, and none reached the backend or the rate-limit
+/// filter.
+async fn assert_refused_before_the_rate_limit(stack: &Stack, refused: u64) {
+    assert_eq!(stack.backend.hits(), 0);
+    assert_eq!(
+        stack.envoy.stat("http.edge.jwt_authn.denied").await,
+        refused
+    );
+    let stats = stack.envoy.ratelimit_stats().await;
+    assert_eq!(
+        (stats.ok(), stats.over_limit(), stats.error()),
+        (0, 0, 0),
+        "rejected before the rate-limit filter: {stats:?}"
+    );
 }
