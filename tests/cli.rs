@@ -1,7 +1,8 @@
 //! The `sluice` binary as an operator meets it: `--version`, one clear line for a wrong setting,
 //! a clean exit on SIGTERM, the start-up lines naming the store and the counter, where SQLite
 //! URLs put the database and its generated secret, policy changes on the embedded default taking
-//! effect at once, and the in-process counter's key cap.
+//! effect at once, the in-process counter's key cap, and `rediss://` against a TLS Redis whose
+//! certificate comes from a private CA.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -38,6 +39,8 @@ fn sluice() -> Command {
         "SLUICE_JWT_AUDIENCE",
         "SLUICE_FAILURE_MODE",
         "SLUICE_MEMORY_MAX_KEYS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
     ] {
         command.env_remove(var);
     }
@@ -653,4 +656,198 @@ async fn on_sqlite_an_update_or_delete_through_the_admin_api_binds_the_next_chec
     for _ in 0..3 {
         assert_eq!(decide(&channel, "acme").await, (Code::Ok, None));
     }
+}
+
+/// A private CA and a certificate for `localhost` / 127.0.0.1 that it signed, made with the
+/// openssl CLI in `dir`: (CA certificate, server certificate, server key), all PEM.
+fn private_ca_and_server_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (Debian package openssl) is installed");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Sluice test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_counts_in_a_tls_redis_whose_private_ca_is_given_by_ssl_cert_file() {
+    // Arrange: a Redis serving TLS with a certificate from a CA no system trusts
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca_and_server_certificate(dir.path());
+    let (redis, tls_port) = support::OwnedRedis::start_tls(&cert, &key).await;
+    let url = format!("rediss://localhost:{tls_port}");
+    let prefix = support::unique_redis_prefix();
+
+    // Act 1: without the CA, the certificate is not trusted and start-up stops
+    let untrusted = tokio::task::spawn_blocking({
+        let (dir, url, prefix) = (dir.path().to_owned(), url.clone(), prefix.clone());
+        move || {
+            let mut child = sluice()
+                .current_dir(&dir)
+                .env("REDIS_URL", &url)
+                .env("SLUICE_REDIS_KEY_PREFIX", &prefix)
+                .env("SLUICE_GRPC_ADDR", "127.0.0.1:0")
+                .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if started.elapsed() > Duration::from_secs(30) {
+                    let _ = child.kill();
+                    panic!("sluice kept running with an untrusted Redis certificate");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.wait_with_output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+
+    // Act 2: with SSL_CERT_FILE naming the CA, Sluice counts in that Redis over TLS
+    let served = tokio::task::spawn_blocking({
+        let (dir, url, prefix, ca) = (
+            dir.path().to_owned(),
+            url.clone(),
+            prefix.clone(),
+            ca.display().to_string(),
+        );
+        move || {
+            Served::start(
+                &dir,
+                &[
+                    ("REDIS_URL", url.as_str()),
+                    ("SSL_CERT_FILE", ca.as_str()),
+                    ("SLUICE_REDIS_KEY_PREFIX", prefix.as_str()),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let token = served.token(&["--tenant", "acme"]);
+    let channel = served.channel();
+    PolicyServiceClient::new(channel.clone())
+        .create_policy(bearer(
+            pb::CreatePolicyRequest {
+                policy: Some(pb::Policy {
+                    endpoint_pattern: "GET /v1/**".into(),
+                    max_requests: 2,
+                    ..Default::default()
+                }),
+            },
+            &token,
+        ))
+        .await
+        .expect("create over the admin API");
+    let decisions = [
+        decide(&channel, "acme").await,
+        decide(&channel, "acme").await,
+        decide(&channel, "acme").await,
+    ];
+    let stored_keys = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--scan", "--pattern"])
+        .arg(format!("{prefix}*"))
+        .output()
+        .expect("redis-cli (Debian package redis-tools) is installed");
+
+    // Assert
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(
+        stderr.lines().last().is_some_and(
+            |line| line.contains("REDIS_URL") && line.to_lowercase().contains("certificate")
+        ),
+        "the last line names REDIS_URL and the certificate problem: {stderr}"
+    );
+    assert_eq!(
+        decisions,
+        [
+            (Code::Ok, Some((2, 1))),
+            (Code::Ok, Some((2, 0))),
+            (Code::OverLimit, Some((2, 0))),
+        ]
+    );
+    let keys = String::from_utf8_lossy(&stored_keys.stdout);
+    assert_eq!(
+        keys.lines().count(),
+        1,
+        "one counter, in the TLS Redis, under the test's prefix: {keys:?}"
+    );
+    let counter_line = served
+        .log_lines()
+        .into_iter()
+        .find(|l| !l["counter"].is_null())
+        .expect("a counter line");
+    assert_eq!(counter_line["counter"], "redis");
 }

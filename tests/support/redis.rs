@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,37 @@ impl OwnedRedis {
             }
         }
         panic!("cannot start redis-server: {last_error}");
+    }
+
+    /// Starts a `redis-server` that also serves TLS on `tls_port`, with `cert`/`key` (PEM) as its
+    /// certificate; `url` stays the plain port, for readiness and for looking at the data.
+    pub async fn start_tls(cert: &Path, key: &Path) -> (Self, u16) {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let (port, tls_port) = (free_port(), free_port());
+            let args = vec![
+                "--tls-port".to_owned(),
+                tls_port.to_string(),
+                "--tls-cert-file".to_owned(),
+                cert.display().to_string(),
+                "--tls-key-file".to_owned(),
+                key.display().to_string(),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ];
+            match spawn_redis_with(port, args).await {
+                Ok(server) => {
+                    let redis = OwnedRedis {
+                        url: format!("redis://127.0.0.1:{port}"),
+                        port,
+                        server: Some(server),
+                    };
+                    return (redis, tls_port);
+                }
+                Err(message) => last_error = message,
+            }
+        }
+        panic!("cannot start redis-server with TLS: {last_error}");
     }
 
     /// Stops the server with SIGSTOP: connections stay open but nothing is answered until `thaw`.

@@ -11,7 +11,9 @@
 //!
 //! # URLs
 //! Anything `fred::types::config::Config::from_url` takes: `redis://[user:pass@]host[:port][/db]`,
-//! `rediss://…` for TLS (rustls on aws-lc-rs, system root certificates), and Redis Cluster as
+//! `rediss://…` for TLS (rustls on aws-lc-rs, system root certificates — or, when the standard
+//! `SSL_CERT_FILE` / `SSL_CERT_DIR` are set, the certificates they name, for a private CA), and
+//! Redis Cluster as
 //! `redis-cluster://[user:pass@]host:port[?node=host2:port2&node=…]` or `rediss-cluster://…`
 //! with TLS; the other nodes are discovered from any one of them. Sentinel
 //! (`redis-sentinel://…?sentinelServiceName=…`) works too.
