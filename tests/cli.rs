@@ -379,6 +379,31 @@ fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+/// `CreatePolicy` for `tenant_id` ("" = the token's own tenant), `pattern` and `max_requests`.
+async fn create_policy(
+    channel: &Channel,
+    token: &str,
+    tenant_id: &str,
+    pattern: &str,
+    max_requests: u32,
+) -> pb::Policy {
+    PolicyServiceClient::new(channel.clone())
+        .create_policy(bearer(
+            pb::CreatePolicyRequest {
+                policy: Some(pb::Policy {
+                    tenant_id: tenant_id.into(),
+                    endpoint_pattern: pattern.into(),
+                    max_requests,
+                    ..Default::default()
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap_or_else(|status| panic!("CreatePolicy {pattern}: {status:?}"))
+        .into_inner()
+}
+
 /// One descriptor for `tenant` calling `GET /v1/orders`.
 fn get_orders(tenant: &str) -> RateLimitRequest {
     let entries = [
@@ -448,20 +473,7 @@ async fn at_the_memory_key_cap_a_new_counter_fails_per_the_failure_mode() {
         .unwrap();
         let admin_token = served.token(&["--role", "platform-admin"]);
         let channel = served.channel();
-        PolicyServiceClient::new(channel.clone())
-            .create_policy(bearer(
-                pb::CreatePolicyRequest {
-                    policy: Some(pb::Policy {
-                        tenant_id: "*".into(),
-                        endpoint_pattern: "/**".into(),
-                        max_requests: 100,
-                        ..Default::default()
-                    }),
-                },
-                &admin_token,
-            ))
-            .await
-            .unwrap();
+        create_policy(&channel, &admin_token, "*", "/**", 100).await;
 
         // acme's counter takes the one slot and keeps counting.
         assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((100, 99))));
@@ -603,20 +615,7 @@ async fn on_sqlite_an_update_or_delete_through_the_admin_api_binds_the_next_chec
     let channel = served.channel();
     let mut admin = PolicyServiceClient::new(channel.clone());
 
-    let created = admin
-        .create_policy(bearer(
-            pb::CreatePolicyRequest {
-                policy: Some(pb::Policy {
-                    endpoint_pattern: "GET /v1/**".into(),
-                    max_requests: 1,
-                    ..Default::default()
-                }),
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create_policy(&channel, &token, "", "GET /v1/**", 1).await;
     assert_eq!(decide(&channel, "acme").await, (Code::Ok, Some((1, 0))));
     assert_eq!(
         decide(&channel, "acme").await,
@@ -797,19 +796,7 @@ async fn rediss_counts_in_a_tls_redis_whose_private_ca_is_given_by_ssl_cert_file
     .unwrap();
     let token = served.token(&["--tenant", "acme"]);
     let channel = served.channel();
-    PolicyServiceClient::new(channel.clone())
-        .create_policy(bearer(
-            pb::CreatePolicyRequest {
-                policy: Some(pb::Policy {
-                    endpoint_pattern: "GET /v1/**".into(),
-                    max_requests: 2,
-                    ..Default::default()
-                }),
-            },
-            &token,
-        ))
-        .await
-        .expect("create over the admin API");
+    create_policy(&channel, &token, "", "GET /v1/**", 2).await;
     let decisions = [
         decide(&channel, "acme").await,
         decide(&channel, "acme").await,
