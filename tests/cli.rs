@@ -26,6 +26,20 @@ use sluice::proto::{
 };
 use tonic::transport::Channel;
 
+/// Runs `command` to the end and insists that it succeeded; its output.
+fn run_ok(command: &mut Command, what: &str) -> std::process::Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 fn sluice() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     for var in [
@@ -158,19 +172,14 @@ async fn migrate_applies_the_schema_and_exits() {
     // PostgreSQL: the test's own fresh database.
     let database = support::fresh_database().await;
     let url = database.url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        sluice()
-            .args(["migrate", "--database-url", &url])
-            .output()
-            .unwrap()
+    tokio::task::spawn_blocking(move || {
+        run_ok(
+            sluice().args(["migrate", "--database-url", &url]),
+            "sluice migrate",
+        )
     })
     .await
     .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url)
         .await
         .unwrap();
@@ -184,15 +193,9 @@ async fn migrate_applies_the_schema_and_exits() {
 
     // SQLite: the file is created.
     let dir = tempfile::tempdir().unwrap();
-    let output = sluice()
-        .current_dir(dir.path())
-        .arg("migrate")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    run_ok(
+        sluice().current_dir(dir.path()).arg("migrate"),
+        "sluice migrate",
     );
     assert!(dir.path().join("sluice.db").exists());
 }
@@ -224,16 +227,12 @@ fn sqlite_urls_put_the_database_and_its_secret_where_they_say() {
     ];
     for (url, database) in cases {
         for args in [&["migrate"][..], &["token", "--tenant", "acme"]] {
-            let output = sluice()
-                .current_dir(&cwd)
-                .env("DATABASE_URL", &url)
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{url} {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
+            run_ok(
+                sluice()
+                    .current_dir(&cwd)
+                    .env("DATABASE_URL", &url)
+                    .args(args),
+                &format!("{url} {args:?}"),
             );
         }
         assert!(database.is_file(), "{url}: no {}", database.display());
@@ -297,15 +296,8 @@ impl Served {
     fn wait_ready(&mut self, http_port: u16) {
         let started = Instant::now();
         loop {
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", http_port)) {
-                use std::io::{Read, Write};
-                let _ = stream
-                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                let mut answer = String::new();
-                let _ = stream.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.1 200") {
-                    return;
-                }
+            if support::readyz_is_ok(http_port) {
+                return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
@@ -339,16 +331,9 @@ impl Served {
 
     /// `sluice token` with `args`, run beside the server (so from the same generated secret).
     fn token(&self, args: &[&str]) -> String {
-        let output = sluice()
-            .current_dir(&self.dir)
-            .arg("token")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = run_ok(
+            sluice().current_dir(&self.dir).arg("token").args(args),
+            "sluice token",
         );
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
     }
@@ -661,15 +646,9 @@ async fn on_sqlite_an_update_or_delete_through_the_admin_api_binds_the_next_chec
 /// openssl CLI in `dir`: (CA certificate, server certificate, server key), all PEM.
 fn private_ca_and_server_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let run = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl (Debian package openssl) is installed");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        run_ok(
+            Command::new("openssl").current_dir(dir).args(args),
+            &format!("openssl (Debian package openssl) {args:?}"),
         );
     };
     let ec = [

@@ -120,15 +120,8 @@ impl Sluice {
     fn wait_ready(&self) {
         let started = Instant::now();
         loop {
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.http_port)) {
-                use std::io::{Read, Write};
-                let _ = stream
-                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                let mut answer = String::new();
-                let _ = stream.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.1 200") {
-                    return;
-                }
+            if support::readyz_is_ok(self.http_port) {
+                return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),

@@ -23,6 +23,6 @@ mod tools;
 pub use postgres::{
     PrivatePostgres, TestDatabase, fresh_database, postgres_admin_url, start_private_postgres,
 };
-pub use process::free_port;
+pub use process::{free_port, readyz_is_ok};
 pub use redis::{OwnedRedis, OwnedRedisCluster, redis_ping, redis_url, unique_redis_prefix};
 pub use tools::{envoy_path, grpcurl_path};

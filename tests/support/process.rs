@@ -16,6 +16,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether a Sluice on 127.0.0.1:`http_port` answers `GET /readyz` with 200 (policies loaded).
+pub fn readyz_is_ok(http_port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", http_port)) else {
+        return false;
+    };
+    let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
 /// The first executable called `name` on `PATH`.
 pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
