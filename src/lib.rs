@@ -46,6 +46,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
 pub mod domain;
+pub mod grpc_codec;
 pub mod http;
 pub mod policy_refresh;
 pub mod proto;

@@ -27,7 +27,7 @@ use crate::{
     },
     ratelimit::{
         counter::{InMemoryCounter, RedisCounter, SlidingWindowCounter},
-        request::DescriptorKeys,
+        request::{DescriptorKeys, MAX_REQUEST_BYTES},
         service::{RateLimiter, RateLimiterConfig},
         snapshot::{PolicySnapshot, SharedSnapshot},
     },
@@ -431,7 +431,10 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(admin)
-            .add_service(RateLimitServiceServer::new(self.rate_limiter))
+            .add_service(
+                RateLimitServiceServer::new(self.rate_limiter)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(
                 // tonic applies its own TCP_NODELAY only to listeners it binds itself; without it
                 // Nagle's algorithm holds small responses back behind delayed ACKs (~40 ms tails).

@@ -11,6 +11,11 @@ use sluice::ratelimit::counter::{
 
 const TENANT: &str = "acme";
 
+/// A deadline the call is well within: these cases are about counting, not timing.
+fn far_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(30)
+}
+
 #[path = "support/mod.rs"]
 mod support;
 
@@ -93,7 +98,7 @@ mod cases {
         check: CounterCheck<'_>,
     ) -> CounterVerdict {
         let verdicts = counter
-            .check(TENANT, &[check])
+            .check(TENANT, &[check], far_deadline())
             .await
             .expect("counter check");
         assert_eq!(verdicts.len(), 1);
@@ -104,7 +109,10 @@ mod cases {
         counter: &dyn SlidingWindowCounter,
         checks: &[CounterCheck<'_>],
     ) -> Vec<CounterVerdict> {
-        let verdicts = counter.check(TENANT, checks).await.expect("counter check");
+        let verdicts = counter
+            .check(TENANT, checks, far_deadline())
+            .await
+            .expect("counter check");
         assert_eq!(verdicts.len(), checks.len());
         verdicts
     }
@@ -481,23 +489,29 @@ mod cases {
     }
 
     pub async fn invalid_checks_are_rejected(counter: Arc<dyn SlidingWindowCounter>) {
-        let zero_window = counter.check(TENANT, &[hit("p:bad", 5, 0)]).await;
+        let zero_window = counter
+            .check(TENANT, &[hit("p:bad", 5, 0)], far_deadline())
+            .await;
         assert!(
             matches!(zero_window, Err(CounterError::InvalidCheck(_))),
             "{zero_window:?}"
         );
-        let no_tenant = counter.check("", &[hit("p:bad", 5, 1_000)]).await;
+        let no_tenant = counter
+            .check("", &[hit("p:bad", 5, 1_000)], far_deadline())
+            .await;
         assert!(
             matches!(no_tenant, Err(CounterError::InvalidCheck(_))),
             "{no_tenant:?}"
         );
-        let braces = counter.check("a}b", &[hit("p:bad", 5, 1_000)]).await;
+        let braces = counter
+            .check("a}b", &[hit("p:bad", 5, 1_000)], far_deadline())
+            .await;
         assert!(
             matches!(braces, Err(CounterError::InvalidCheck(_))),
             "{braces:?}"
         );
         let nothing = counter
-            .check(TENANT, &[])
+            .check(TENANT, &[], far_deadline())
             .await
             .expect("an empty call is fine");
         assert!(nothing.is_empty());
@@ -559,7 +573,7 @@ mod redis {
         let prefix = unique_prefix();
         let counter = redis_counter_with_prefix(&prefix).await;
         counter
-            .check(TENANT, &[check("p:w", 5, 60_000)])
+            .check(TENANT, &[check("p:w", 5, 60_000)], far_deadline())
             .await
             .expect("check");
         let key = format!("{prefix}{{{TENANT}}}:p:w");
@@ -569,7 +583,7 @@ mod redis {
             1
         );
         counter
-            .check(TENANT, &[check("p:w", 3, 60_000)])
+            .check(TENANT, &[check("p:w", 3, 60_000)], far_deadline())
             .await
             .expect("check");
         assert_eq!(command::<i64>(&inspector, "ZCARD", vec![key]).await, 2);
@@ -587,6 +601,7 @@ mod redis {
                     check("o:b", 1, 60_000),
                     check("p:probe", 0, 2_000),
                 ],
+                far_deadline(),
             )
             .await
             .expect("check");
@@ -614,7 +629,7 @@ mod redis {
         let counter = redis_counter_with_prefix(&prefix).await;
         for hits in [2, 3] {
             counter
-                .check(TENANT, &[check("p:m", hits, 60_000)])
+                .check(TENANT, &[check("p:m", hits, 60_000)], far_deadline())
                 .await
                 .expect("check");
         }
@@ -654,7 +669,9 @@ mod redis {
             ],
         )
         .await;
-        let result = counter.check(TENANT, &[check("p:string", 1, 60_000)]).await;
+        let result = counter
+            .check(TENANT, &[check("p:string", 1, 60_000)], far_deadline())
+            .await;
         assert!(matches!(result, Err(CounterError::Script(_))), "{result:?}");
     }
 
@@ -706,14 +723,16 @@ mod redis {
         counter.set_command_timeout(Duration::from_millis(200));
         assert!(
             counter
-                .check(TENANT, &[check("p:hang", 1, 60_000)])
+                .check(TENANT, &[check("p:hang", 1, 60_000)], far_deadline())
                 .await
                 .is_ok()
         );
 
         stalled.store(true, Ordering::SeqCst);
         let started = Instant::now();
-        let result = counter.check(TENANT, &[check("p:hang", 1, 60_000)]).await;
+        let result = counter
+            .check(TENANT, &[check("p:hang", 1, 60_000)], far_deadline())
+            .await;
         assert!(
             matches!(result, Err(CounterError::Timeout(_))),
             "{result:?}"
@@ -722,6 +741,62 @@ mod redis {
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    /// A frozen Redis runs the commands waiting on its socket when it resumes. A call its caller
+    /// has already answered as failed (here: the 50 ms deadline passed) must record nothing then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_reaches_redis_after_its_deadline_records_nothing() {
+        let redis = support::OwnedRedis::start().await;
+        let counter = RedisCounter::connect(&redis.url, None, 1, unique_prefix())
+            .await
+            .expect("connect to the owned Redis");
+        let deadline = Duration::from_millis(50);
+        counter.set_command_timeout(deadline);
+        let seed = counter
+            .check(TENANT, &[check("p:frozen", 1, 60_000)], far_deadline())
+            .await
+            .expect("Redis answers before the freeze");
+        assert_eq!(seed[0].remaining, 9);
+
+        redis.freeze();
+        let mut failed = 0;
+        for _ in 0..5 {
+            let result = counter
+                .check(
+                    TENANT,
+                    &[check("p:frozen", 1, 60_000)],
+                    tokio::time::Instant::now() + deadline,
+                )
+                .await;
+            assert!(
+                matches!(result, Err(CounterError::Timeout(_))),
+                "{result:?}"
+            );
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.thaw();
+
+        // The five calls ran when Redis resumed, after their deadlines: none of them counted.
+        let mut after = None;
+        for _ in 0..50 {
+            match counter
+                .check(TENANT, &[check("p:frozen", 0, 60_000)], far_deadline())
+                .await
+            {
+                Ok(verdicts) => {
+                    after = Some(verdicts[0]);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let after = after.expect("Redis answers again after the thaw");
+        assert_eq!(
+            after.remaining, 9,
+            "{failed} calls answered as failed must not have counted"
         );
     }
 
@@ -752,7 +827,7 @@ mod tenants_sharing_a_key_suffix {
         check: CounterCheck<'_>,
     ) -> CounterVerdict {
         counter
-            .check(tenant, &[check])
+            .check(tenant, &[check], far_deadline())
             .await
             .expect("counter check")[0]
     }

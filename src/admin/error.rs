@@ -7,7 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{domain::FieldViolation, store::StoreError, telemetry::error_chain};
 
 /// `google.rpc.ErrorInfo.domain` of every Sluice error.
-pub const ERROR_DOMAIN: &str = "sluice";
+pub use crate::grpc_codec::ERROR_DOMAIN;
 
 /// Why an admin RPC failed.
 #[derive(Debug, thiserror::Error)]

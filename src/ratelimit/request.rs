@@ -1,7 +1,20 @@
-//! Parses a `RateLimitRequest` into what the hot path decides on, enforcing the input bounds of
-//! SPEC §3. Parsed descriptors borrow from the request, so parsing allocates only the list.
+//! Parses a `RateLimitRequest` into what the hot path decides on (SPEC §3, "No bypass").
+//!
+//! Only what Envoy's *configuration* controls can make a request invalid: an empty domain, no
+//! descriptors, a descriptor without entries, an empty entry key, more than [`MAX_DESCRIPTORS`]
+//! descriptors or [`MAX_ENTRIES`] entries in one. Everything a *client* controls gets a decision:
+//! - a value of any length and any bytes (entry values are decoded as bytes, see `build.rs`);
+//! - the path entry is cut at the first `?` or `#` before anything else looks at it;
+//! - the path and method are matched as text, with any invalid UTF-8 sequence read as U+FFFD
+//!   (patterns never contain it), while the tenant and every value that reaches a counter key are
+//!   used as the exact bytes sent, so two different byte strings never share a counter;
+//! - a `hits_addend` of any size (the service decides one that no limit can allow as OVER_LIMIT);
+//! - a limit override of any size; one whose unit is UNKNOWN is ignored.
+//!
+//! Parsed descriptors borrow from the request, so parsing allocates only the list (and a
+//! replacement string for a path or method that is not valid UTF-8).
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use crate::{
     domain::TenantId,
@@ -16,10 +29,14 @@ use crate::{
 /// Most descriptors in one request, and most entries in one descriptor.
 pub const MAX_DESCRIPTORS: usize = 64;
 pub const MAX_ENTRIES: usize = 64;
-/// Longest descriptor key or value, in bytes.
-pub const MAX_ENTRY_BYTES: usize = 1024;
-/// Largest `hits_addend`, and largest `requests_per_unit` of a limit override.
-pub const MAX_HITS: u64 = 1_000_000;
+
+/// The largest encoded `RateLimitRequest` the service takes (tonic's default is 4 MiB). Envoy
+/// builds descriptors from request headers, which it caps at 8 MiB in all even at its highest
+/// `max_request_headers_kb`; 16 MiB leaves room for a descriptor list that repeats a large
+/// header, and for the 64 × 64 entries of a request at [`MAX_DESCRIPTORS`] and [`MAX_ENTRIES`]
+/// with kilobyte-long values (about 8.5 MiB). A larger message is refused by tonic with
+/// OUT_OF_RANGE before it is decoded.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 /// The descriptor entry keys that carry the tenant, the path and the method.
 #[derive(Debug, Clone)]
@@ -50,15 +67,26 @@ pub struct LimitOverride {
 /// One request descriptor, ready to be matched and counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedDescriptor<'a> {
-    /// The tenant entry's value, or `anonymous` when the descriptor has none.
-    pub tenant: &'a str,
-    pub path: Option<&'a str>,
-    pub method: Option<&'a str>,
-    /// Hits this descriptor adds; 0 checks without counting.
-    pub hits: u32,
+    /// The tenant entry's value exactly as sent, or `anonymous` when the descriptor has none (or
+    /// an empty one).
+    pub tenant: &'a [u8],
+    /// The path entry up to its first `?` or `#`, as text for matching.
+    pub path: Option<Cow<'a, str>>,
+    /// The method entry as text for matching; `None` when absent or empty.
+    pub method: Option<Cow<'a, str>>,
+    /// Hits this descriptor adds; 0 checks without counting. Not bounded here: a number no limit
+    /// can allow is the service's to decide.
+    pub hits: u64,
     pub limit_override: Option<LimitOverride>,
     /// Index of the descriptor in the request.
     pub index: usize,
+}
+
+impl ParsedDescriptor<'_> {
+    /// The tenant as text, when it is valid UTF-8 (only then can it name a tenant's policies).
+    pub fn tenant_text(&self) -> Option<&str> {
+        std::str::from_utf8(self.tenant).ok()
+    }
 }
 
 /// What is wrong with a request; becomes INVALID_ARGUMENT.
@@ -70,7 +98,8 @@ fn invalid(message: impl Into<String>) -> InvalidRequest {
     InvalidRequest(message.into())
 }
 
-/// Checks the request's bounds and extracts every descriptor.
+/// Checks the request's shape (what Envoy's configuration controls) and extracts every
+/// descriptor.
 pub fn parse_request<'a>(
     request: &'a RateLimitRequest,
     keys: &DescriptorKeys,
@@ -87,15 +116,9 @@ pub fn parse_request<'a>(
             request.descriptors.len()
         )));
     }
-    if u64::from(request.hits_addend) > MAX_HITS {
-        return Err(invalid(format!(
-            "hits_addend must be at most {MAX_HITS}, got {}",
-            request.hits_addend
-        )));
-    }
     let request_hits = match request.hits_addend {
         0 => 1,
-        n => n,
+        n => u64::from(n),
     };
     request
         .descriptors
@@ -108,7 +131,7 @@ pub fn parse_request<'a>(
 fn parse_descriptor<'a>(
     index: usize,
     descriptor: &'a RateLimitDescriptor,
-    request_hits: u32,
+    request_hits: u64,
     keys: &DescriptorKeys,
 ) -> Result<ParsedDescriptor<'a>, InvalidRequest> {
     if descriptor.entries.is_empty() {
@@ -121,50 +144,51 @@ fn parse_descriptor<'a>(
         )));
     }
     let mut parsed = ParsedDescriptor {
-        tenant: TenantId::ANONYMOUS,
+        tenant: TenantId::ANONYMOUS.as_bytes(),
         path: None,
         method: None,
-        hits: request_hits,
-        limit_override: None,
+        hits: descriptor.hits_addend.unwrap_or(request_hits),
+        limit_override: descriptor
+            .limit
+            .as_ref()
+            .and_then(|limit| parse_override(limit.requests_per_unit, limit.unit)),
         index,
     };
     for (e, entry) in descriptor.entries.iter().enumerate() {
-        if entry.key.len() > MAX_ENTRY_BYTES || entry.value.len() > MAX_ENTRY_BYTES {
+        let key = entry.key.as_slice();
+        if key.is_empty() {
             return Err(invalid(format!(
-                "descriptors[{index}].entries[{e}]: keys and values must be at most {MAX_ENTRY_BYTES} bytes"
+                "descriptors[{index}].entries[{e}].key must not be empty"
             )));
         }
-        if entry.key == keys.tenant {
-            if !entry.value.is_empty() {
-                parsed.tenant = &entry.value;
+        let value = entry.value.as_slice();
+        if key == keys.tenant.as_bytes() {
+            if !value.is_empty() {
+                parsed.tenant = value;
             }
-        } else if entry.key == keys.path {
-            parsed.path = Some(&entry.value);
-        } else if entry.key == keys.method {
-            parsed.method = Some(entry.value.as_str()).filter(|m| !m.is_empty());
+        } else if key == keys.path.as_bytes() {
+            parsed.path = Some(String::from_utf8_lossy(before_query(value)));
+        } else if key == keys.method.as_bytes() {
+            parsed.method = Some(String::from_utf8_lossy(value)).filter(|m| !m.is_empty());
         }
-    }
-    if let Some(hits) = descriptor.hits_addend {
-        if hits > MAX_HITS {
-            return Err(invalid(format!(
-                "descriptors[{index}].hits_addend must be at most {MAX_HITS}, got {hits}"
-            )));
-        }
-        parsed.hits = hits as u32;
-    }
-    if let Some(limit) = &descriptor.limit {
-        parsed.limit_override = Some(parse_override(index, limit.requests_per_unit, limit.unit)?);
     }
     Ok(parsed)
 }
 
-fn parse_override(index: usize, requests: u32, unit: i32) -> Result<LimitOverride, InvalidRequest> {
-    if u64::from(requests) > MAX_HITS {
-        return Err(invalid(format!(
-            "descriptors[{index}].limit.requests_per_unit must be at most {MAX_HITS}, got {requests}"
-        )));
+/// The path up to its first `?` or `#`: matching never looks at a query string or fragment, so
+/// neither can make a path too long or different.
+fn before_query(path: &[u8]) -> &[u8] {
+    match path.iter().position(|b| matches!(b, b'?' | b'#')) {
+        Some(end) => &path[..end],
+        None => path,
     }
-    let unit = RateLimitUnit::try_from(unit).unwrap_or(RateLimitUnit::Unknown);
+}
+
+/// The override, or `None` when its unit is not one Envoy defines a length for (UNKNOWN or a
+/// number from a newer Envoy): such an override is ignored and the descriptor is decided as if
+/// it had none.
+fn parse_override(requests: u32, unit: i32) -> Option<LimitOverride> {
+    let unit = RateLimitUnit::try_from(unit).ok()?;
     let seconds: u64 = match unit {
         RateLimitUnit::Second => 1,
         RateLimitUnit::Minute => 60,
@@ -173,13 +197,9 @@ fn parse_override(index: usize, requests: u32, unit: i32) -> Result<LimitOverrid
         RateLimitUnit::Week => 7 * 86_400,
         RateLimitUnit::Month => 30 * 86_400,
         RateLimitUnit::Year => 365 * 86_400,
-        RateLimitUnit::Unknown => {
-            return Err(invalid(format!(
-                "descriptors[{index}].limit.unit must be SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR"
-            )));
-        }
+        RateLimitUnit::Unknown => return None,
     };
-    Ok(LimitOverride {
+    Some(LimitOverride {
         requests_per_unit: requests,
         unit,
         window: Duration::from_secs(seconds),
@@ -193,7 +213,7 @@ mod tests {
         Entry, RateLimitOverride,
     };
 
-    fn entry(key: &str, value: &str) -> Entry {
+    fn entry(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Entry {
         Entry {
             key: key.into(),
             value: value.into(),
@@ -202,7 +222,7 @@ mod tests {
 
     fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
         RateLimitDescriptor {
-            entries: entries.iter().map(|(k, v)| entry(k, v)).collect(),
+            entries: entries.iter().map(|(k, v)| entry(*k, *v)).collect(),
             ..Default::default()
         }
     }
@@ -223,15 +243,16 @@ mod tests {
                 ("path", "/v1/x?y=1"),
                 ("method", "GET"),
             ]),
-            descriptor(&[("path", "/v1/x")]),
+            descriptor(&[("path", "/v1/x#top")]),
         ]);
         let parsed = parse_request(&req, &DescriptorKeys::default()).unwrap();
-        assert_eq!(parsed[0].tenant, "acme");
-        assert_eq!(parsed[0].path, Some("/v1/x?y=1"));
-        assert_eq!(parsed[0].method, Some("GET"));
+        assert_eq!(parsed[0].tenant_text(), Some("acme"));
+        assert_eq!(parsed[0].path.as_deref(), Some("/v1/x"), "cut at `?`");
+        assert_eq!(parsed[0].method.as_deref(), Some("GET"));
         assert_eq!(parsed[0].hits, 1);
         // No tenant entry: the anonymous tenant, so leaving the header out escapes nothing.
-        assert_eq!(parsed[1].tenant, "anonymous");
+        assert_eq!(parsed[1].tenant, b"anonymous");
+        assert_eq!(parsed[1].path.as_deref(), Some("/v1/x"), "cut at `#`");
         assert_eq!(parsed[1].method, None);
     }
 
@@ -249,8 +270,12 @@ mod tests {
         ])]);
         let parsed = parse_request(&req, &keys).unwrap();
         assert_eq!(
-            (parsed[0].tenant, parsed[0].path, parsed[0].method),
-            ("acme", Some("/a"), Some("PUT"))
+            (
+                parsed[0].tenant_text(),
+                parsed[0].path.as_deref(),
+                parsed[0].method.as_deref()
+            ),
+            (Some("acme"), Some("/a"), Some("PUT"))
         );
     }
 
@@ -260,47 +285,84 @@ mod tests {
         with_own.hits_addend = Some(7);
         let mut check_only = descriptor(&[("tenant_id", "a")]);
         check_only.hits_addend = Some(0);
+        let mut huge = descriptor(&[("tenant_id", "a")]);
+        huge.hits_addend = Some(u64::MAX);
         let plain = descriptor(&[("tenant_id", "a")]);
-        let mut req = request(vec![with_own, check_only, plain]);
+        let mut req = request(vec![with_own, check_only, huge, plain]);
         req.hits_addend = 3;
-        let hits: Vec<u32> = parse_request(&req, &DescriptorKeys::default())
+        let hits: Vec<u64> = parse_request(&req, &DescriptorKeys::default())
             .unwrap()
             .iter()
             .map(|d| d.hits)
             .collect();
-        assert_eq!(hits, [7, 0, 3]);
+        assert_eq!(hits, [7, 0, u64::MAX, 3]);
     }
 
     #[test]
-    fn limit_override_takes_envoy_units() {
-        let mut d = descriptor(&[("tenant_id", "a")]);
-        d.limit = Some(RateLimitOverride {
-            requests_per_unit: 10,
-            unit: RateLimitUnit::Hour as i32,
-        });
-        let req = request(vec![d]);
-        let parsed = parse_request(&req, &DescriptorKeys::default()).unwrap();
+    fn limit_override_takes_envoy_units_and_ignores_unknown_ones() {
+        let with_unit = |unit: i32| {
+            let mut d = descriptor(&[("tenant_id", "a")]);
+            d.limit = Some(RateLimitOverride {
+                requests_per_unit: 10,
+                unit,
+            });
+            request(vec![d])
+        };
+        let hour = with_unit(RateLimitUnit::Hour as i32);
+        let parsed = parse_request(&hour, &DescriptorKeys::default()).unwrap();
         let limit = parsed[0].limit_override.unwrap();
         assert_eq!(
             (limit.requests_per_unit, limit.window),
             (10, Duration::from_secs(3600))
         );
+        for unit in [RateLimitUnit::Unknown as i32, 99] {
+            let req = with_unit(unit);
+            let parsed = parse_request(&req, &DescriptorKeys::default()).unwrap();
+            assert_eq!(parsed[0].limit_override, None, "unit {unit}");
+        }
     }
 
     #[test]
-    fn bad_input_is_named() {
-        let long = "x".repeat(MAX_ENTRY_BYTES + 1);
-        let mut too_many_hits = descriptor(&[("tenant_id", "a")]);
-        too_many_hits.hits_addend = Some(MAX_HITS + 1);
-        let mut unknown_unit = descriptor(&[("tenant_id", "a")]);
-        unknown_unit.limit = Some(RateLimitOverride {
-            requests_per_unit: 1,
-            unit: 0,
+    fn what_a_client_sends_is_never_invalid() {
+        let long = "x".repeat(64 * 1024);
+        let long_path = format!("/v1/orders?pad={long}");
+        let mut huge_override = descriptor(&[("tenant_id", "a")]);
+        huge_override.limit = Some(RateLimitOverride {
+            requests_per_unit: u32::MAX,
+            unit: RateLimitUnit::Second as i32,
         });
+        let mut odd_bytes = descriptor(&[]);
+        odd_bytes.entries = vec![
+            entry("tenant_id", b"ac\xffme".to_vec()),
+            entry("path", b"/v1/\xc3(/x".to_vec()),
+            entry("method", b"G\x80T".to_vec()),
+        ];
+        let mut big_addend = request(vec![descriptor(&[("tenant_id", "a")])]);
+        big_addend.hits_addend = u32::MAX;
+        let cases = [
+            request(vec![descriptor(&[("tenant_id", &long)])]),
+            request(vec![descriptor(&[("path", &long_path)])]),
+            request(vec![huge_override]),
+            request(vec![odd_bytes]),
+            big_addend,
+        ];
+        for req in &cases {
+            let parsed = parse_request(req, &DescriptorKeys::default());
+            assert!(parsed.is_ok(), "{parsed:?}");
+        }
+        let parsed = parse_request(&cases[1], &DescriptorKeys::default()).unwrap();
+        assert_eq!(parsed[0].path.as_deref(), Some("/v1/orders"));
+        let parsed = parse_request(&cases[3], &DescriptorKeys::default()).unwrap();
+        assert_eq!(parsed[0].tenant, b"ac\xffme", "the tenant's exact bytes");
+        assert_eq!(parsed[0].tenant_text(), None);
+        assert_eq!(parsed[0].path.as_deref(), Some("/v1/\u{fffd}(/x"));
+        assert_eq!(parsed[0].method.as_deref(), Some("G\u{fffd}T"));
+    }
+
+    #[test]
+    fn what_envoys_configuration_controls_is_named() {
         let mut no_domain = request(vec![descriptor(&[("a", "b")])]);
         no_domain.domain.clear();
-        let mut big_addend = request(vec![descriptor(&[("a", "b")])]);
-        big_addend.hits_addend = 1_000_001;
         let cases = [
             (no_domain, "domain must not be empty"),
             (request(vec![]), "descriptors must not be empty"),
@@ -317,19 +379,9 @@ mod tests {
                 "at most 64 are allowed",
             ),
             (
-                request(vec![descriptor(&[("a", &long)])]),
-                "at most 1024 bytes",
+                request(vec![descriptor(&[("a", "b")]), descriptor(&[("", "b")])]),
+                "descriptors[1].entries[0].key must not be empty",
             ),
-            (
-                request(vec![descriptor(&[(&long, "b")])]),
-                "at most 1024 bytes",
-            ),
-            (
-                request(vec![too_many_hits]),
-                "descriptors[0].hits_addend must be at most 1000000",
-            ),
-            (big_addend, "hits_addend must be at most 1000000"),
-            (request(vec![unknown_unit]), "limit.unit must be"),
         ];
         for (req, needle) in cases {
             let err = parse_request(&req, &DescriptorKeys::default()).unwrap_err();

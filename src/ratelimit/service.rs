@@ -27,6 +27,7 @@ use super::{
 };
 use crate::{
     domain::tenant::{MAX_TENANT_ID_LEN, is_tenant_char},
+    grpc_codec::invalid_argument,
     proto::envoy::{
         service::ratelimit::v3::{
             RateLimitRequest, RateLimitResponse,
@@ -38,6 +39,9 @@ use crate::{
     settings::FailureMode,
     telemetry::{Metrics, error_chain},
 };
+
+/// `ErrorInfo.reason` of a request whose shape Envoy's configuration got wrong (SPEC §3).
+pub const INVALID_RATE_LIMIT_REQUEST: &str = "INVALID_RATE_LIMIT_REQUEST";
 
 /// Everything `ShouldRateLimit` needs; built once by `startup`.
 pub struct RateLimiter {
@@ -95,14 +99,15 @@ struct Plan<'a> {
     burst_limit: u32,
     unit: Unit,
     shadow: bool,
-    hits: u32,
+    /// Hits this descriptor adds, as sent: may exceed what any limit allows.
+    hits: u64,
 }
 
 impl<'a> Plan<'a> {
     fn new(
         descriptor: &ParsedDescriptor<'a>,
         policy: Option<&'a Arc<ActivePolicy>>,
-        entries: &[(&str, &str)],
+        entries: &[(&[u8], &[u8])],
     ) -> Option<Self> {
         let counter_tenant = counter_tenant(descriptor.tenant);
         match (policy, descriptor.limit_override) {
@@ -161,6 +166,25 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// Whether this descriptor's hits exceed what its limit allows even on an empty counter (a
+    /// `hits_addend` larger than `max_requests`, or than the burst limit): decided OVER_LIMIT
+    /// without counting, however large the number.
+    fn can_never_fit(&self) -> bool {
+        self.hits > u64::from(self.max_requests)
+            || (self.burst_limit > 0 && self.hits > u64::from(self.burst_limit))
+    }
+
+    /// The hits to send to the counter: what fits in a check. A check that can never fit is only
+    /// read; its verdict is then set by [`Plan::judge_read`].
+    fn counted_hits(&self) -> u32 {
+        if self.can_never_fit() {
+            0
+        } else {
+            // can_never_fit() is false, so hits <= max_requests, a u32.
+            u32::try_from(self.hits).unwrap_or(u32::MAX)
+        }
+    }
+
     /// The counter check; `read_only` reads the counter without counting (0 hits).
     fn check(&self, read_only: bool) -> CounterCheck<'_> {
         CounterCheck {
@@ -168,21 +192,34 @@ impl<'a> Plan<'a> {
             max_requests: self.max_requests,
             window_ms: self.window_ms,
             burst_limit: self.burst_limit,
-            hits: if read_only { 0 } else { self.hits },
+            hits: if read_only { 0 } else { self.counted_hits() },
             enforcing: !self.shadow,
         }
+    }
+
+    /// Whether this descriptor's own hits would have fit a counter that was only read (0 hits).
+    fn judge_read(&self, verdict: &mut CounterVerdict) {
+        verdict.allowed = self.hits <= u64::from(verdict.remaining);
     }
 }
 
 /// The tenant as written into counter keys: itself when it is a well-formed tenant id, else a
-/// hash, so an arbitrary descriptor value can never break the `{tenant}` hash tag.
-fn counter_tenant(tenant: &str) -> Cow<'_, str> {
-    if !tenant.is_empty() && tenant.len() <= MAX_TENANT_ID_LEN && tenant.chars().all(is_tenant_char)
-    {
-        Cow::Borrowed(tenant)
-    } else {
-        let digest = Sha256::digest(tenant.as_bytes());
-        Cow::Owned(format!("~{}", hex(&digest[..12])))
+/// hash of its exact bytes (`~` and 24 hex digits; `~` is never part of a tenant id), so a value
+/// of any length or bytes can never break the `{tenant}` hash tag, and two different values never
+/// share a counter by accident.
+fn counter_tenant(tenant: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(tenant) {
+        Ok(text)
+            if !text.is_empty()
+                && text.len() <= MAX_TENANT_ID_LEN
+                && text.chars().all(is_tenant_char) =>
+        {
+            Cow::Borrowed(text)
+        }
+        _ => {
+            let digest = Sha256::digest(tenant);
+            Cow::Owned(format!("~{}", hex(&digest[..12])))
+        }
     }
 }
 
@@ -206,15 +243,16 @@ fn response_unit(unit: RateLimitUnit) -> Unit {
     }
 }
 
-/// `o:<hash of the descriptor's entries>:<window>` for an override with no matching policy.
-fn override_key(entries: &[(&str, &str)], window_seconds: u64) -> String {
+/// `o:<hash of the descriptor's entries>:<window>` for an override with no matching policy. The
+/// entries' exact bytes are hashed, so a value of any length fits in a key.
+fn override_key(entries: &[(&[u8], &[u8])], window_seconds: u64) -> String {
     let mut hasher = Sha256::new();
     for (key, value) in entries {
         // Lengths first, so ("ab","c") and ("a","bc") differ.
         hasher.update((key.len() as u64).to_le_bytes());
-        hasher.update(key.as_bytes());
+        hasher.update(key);
         hasher.update((value.len() as u64).to_le_bytes());
-        hasher.update(value.as_bytes());
+        hasher.update(value);
     }
     format!("o:{}:{window_seconds}", hex(&hasher.finalize()[..16]))
 }
@@ -233,18 +271,25 @@ fn unmatched_status() -> DescriptorStatus {
 impl RateLimiter {
     /// Decides one request. Public so benchmarks can drive it without a network hop.
     pub async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
-        let descriptors =
-            parse_request(request, &self.keys).map_err(|e| Status::invalid_argument(e.0))?;
+        let descriptors = parse_request(request, &self.keys)
+            .map_err(|e| invalid_argument(INVALID_RATE_LIMIT_REQUEST, e.0))?;
         let snapshot = self.snapshot.load();
         let plans: Vec<Option<Plan<'_>>> = descriptors
             .iter()
             .map(|d| {
-                let policy = snapshot.lookup(d.tenant, d.method, d.path);
-                let entries: Vec<(&str, &str)> = if d.limit_override.is_some() && policy.is_none() {
+                // A tenant that is not UTF-8 names no tenant's policies (no stored tenant id is
+                // empty), so only the `*` defaults can match it.
+                let policy = snapshot.lookup(
+                    d.tenant_text().unwrap_or(""),
+                    d.method.as_deref(),
+                    d.path.as_deref(),
+                );
+                let entries: Vec<(&[u8], &[u8])> = if d.limit_override.is_some() && policy.is_none()
+                {
                     request.descriptors[d.index]
                         .entries
                         .iter()
-                        .map(|e| (e.key.as_str(), e.value.as_str()))
+                        .map(|e| (e.key.as_slice(), e.value.as_slice()))
                         .collect()
                 } else {
                     Vec::new()
@@ -253,17 +298,22 @@ impl RateLimiter {
             })
             .collect();
 
-        // The over-limit cache is asked about every descriptor before anything is counted. A
-        // denial from memory denies the whole request, so nothing of it may be counted — not
-        // even another tenant's descriptors, which the counter decides in calls of their own.
-        // The other descriptors are then only read (0 hits), for their statuses.
+        // Denials known before anything is counted: the over-limit cache, and an enforcing
+        // descriptor whose hits no limit can allow. Either denies the whole request, so nothing
+        // of it may be counted — not even another tenant's descriptors, which the counter
+        // decides in calls of their own. The other descriptors are then only read (0 hits), for
+        // their statuses.
         let generation = snapshot.generation();
         let now = Instant::now();
         let mut verdict_of: Vec<Option<CounterVerdict>> = plans
             .iter()
             .map(|plan| self.cached_denial(plan.as_ref()?, generation, now))
             .collect();
-        let denied_from_memory = verdict_of.iter().any(Option::is_some);
+        let denied_from_memory = verdict_of.iter().any(Option::is_some)
+            || plans
+                .iter()
+                .flatten()
+                .any(|plan| !plan.shadow && plan.can_never_fit());
 
         // Group the descriptors still to decide by tenant: one atomic counter call each.
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
@@ -292,9 +342,11 @@ impl RateLimiter {
             for ((_, members), verdicts) in groups.iter().zip(counted.into_iter().flatten()) {
                 self.learn(&plans, members, &verdicts, generation, now);
                 for (i, mut verdict) in members.iter().zip(verdicts) {
-                    if denied_from_memory && let Some(plan) = &plans[*i] {
+                    if let Some(plan) = &plans[*i]
+                        && (denied_from_memory || plan.can_never_fit())
+                    {
                         // Read with 0 hits: would its own hits have fit?
-                        verdict.allowed = plan.hits <= verdict.remaining;
+                        plan.judge_read(&mut verdict);
                     }
                     verdict_of[*i] = Some(verdict);
                 }
@@ -375,9 +427,10 @@ impl RateLimiter {
         generation: u64,
         now: Instant,
     ) -> Option<CounterVerdict> {
+        let hits = u32::try_from(plan.hits).unwrap_or(u32::MAX);
         let denial = self
             .over_limit
-            .deny(&plan.cache_id(generation)?, plan.hits, now)?;
+            .deny(&plan.cache_id(generation)?, hits, now)?;
         Some(CounterVerdict {
             allowed: false,
             remaining: denial.remaining,
@@ -396,7 +449,7 @@ impl RateLimiter {
     ) {
         for (i, verdict) in members.iter().zip(verdicts) {
             if let Some(plan) = plans[*i].as_ref()
-                && verdict.remaining < plan.hits.max(1)
+                && u64::from(verdict.remaining) < plan.hits.max(1)
                 && let Some(id) = plan.cache_id(generation)
             {
                 self.over_limit
@@ -429,13 +482,15 @@ impl RateLimiter {
                     .collect()
             })
             .collect();
+        // One instant for every call: a call that reaches Redis after it records nothing.
+        let deadline = tokio::time::Instant::now() + self.deadline;
         let step = try_join_all(
             groups
                 .iter()
                 .zip(&checks)
-                .map(|((tenant, _), checks)| self.counter.check(tenant, checks)),
+                .map(|((tenant, _), checks)| self.counter.check(tenant, checks, deadline)),
         );
-        match tokio::time::timeout(self.deadline, step).await {
+        match tokio::time::timeout_at(deadline, step).await {
             Ok(Ok(verdicts)) => {
                 self.breaker.record_success(probe);
                 Ok(Some(verdicts))
@@ -502,16 +557,25 @@ mod tests {
 
     #[test]
     fn counter_tenants_keep_valid_ids_and_hash_the_rest() {
-        assert_eq!(counter_tenant("acme"), "acme");
-        assert_eq!(counter_tenant("anonymous"), "anonymous");
-        for odd in ["a{b}", "with space", &"x".repeat(65), "é"] {
+        assert_eq!(counter_tenant(b"acme"), "acme");
+        assert_eq!(counter_tenant(b"anonymous"), "anonymous");
+        let long = "x".repeat(65);
+        for odd in [
+            &b"a{b}"[..],
+            b"with space",
+            long.as_bytes(),
+            "é".as_bytes(),
+            b"\xff\xfe",
+        ] {
             let key = counter_tenant(odd);
             assert!(
-                key.starts_with('~') && !key.contains(['{', '}']),
-                "{odd}: {key}"
+                key.starts_with('~') && !key.contains(['{', '}']) && key.len() == 25,
+                "{odd:?}: {key}"
             );
         }
-        assert_ne!(counter_tenant("a{b}"), counter_tenant("a{c}"));
+        assert_ne!(counter_tenant(b"a{b}"), counter_tenant(b"a{c}"));
+        // Byte strings that read the same after a lossy decode stay apart.
+        assert_ne!(counter_tenant(b"t\xff"), counter_tenant(b"t\xfe"));
     }
 
     #[test]
@@ -554,7 +618,7 @@ mod tests {
         ];
         for ((requests_per_unit, unit, seconds), (key, burst, reported)) in cases {
             let descriptor = ParsedDescriptor {
-                tenant: "acme",
+                tenant: b"acme",
                 path: None,
                 method: None,
                 hits: 1,
@@ -705,13 +769,21 @@ mod tests {
 
     #[test]
     fn override_keys_distinguish_entries() {
-        let a = override_key(&[("ab", "c")], 60);
-        let b = override_key(&[("a", "bc")], 60);
+        let key = |entries: &[(&str, &str)], window| {
+            let bytes: Vec<(&[u8], &[u8])> = entries
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                .collect();
+            override_key(&bytes, window)
+        };
+        let a = key(&[("ab", "c")], 60);
+        let b = key(&[("a", "bc")], 60);
         assert_ne!(a, b);
+        assert_ne!(key(&[("a", "b")], 60), key(&[("a", "b")], 1));
+        assert_eq!(a, key(&[("ab", "c")], 60));
         assert_ne!(
-            override_key(&[("a", "b")], 60),
-            override_key(&[("a", "b")], 1)
+            override_key(&[(b"k", b"\xff")], 60),
+            override_key(&[(b"k", b"\xfe")], 60)
         );
-        assert_eq!(a, override_key(&[("ab", "c")], 60));
     }
 }

@@ -23,7 +23,9 @@ use sluice::{
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{TestApp, http_get, new_policy, secret, spawn_app_with, try_spawn_app_on},
+    helpers::{
+        TestApp, assert_status, http_get, new_policy, secret, spawn_app_with, try_spawn_app_on,
+    },
     support::{self, OwnedRedis, OwnedRedisCluster},
 };
 
@@ -325,17 +327,10 @@ async fn the_window_slides() {
 }
 
 #[tokio::test]
-async fn bad_requests_are_invalid_argument_naming_the_problem() {
+async fn what_envoys_configuration_controls_is_invalid_argument_with_error_info() {
     let app = spawn_with_redis().await;
-    let long = "x".repeat(1025);
     let mut no_domain = call("a", "GET", "/");
     no_domain.domain.clear();
-    let mut big_hits = call("a", "GET", "/");
-    big_hits.hits_addend = 1_000_001;
-    let mut big_descriptor_hits = call("a", "GET", "/");
-    big_descriptor_hits.descriptors[0].hits_addend = Some(1_000_001);
-    let mut unknown_unit = with_limit("a", "/", 1, RateLimitUnit::Second);
-    unknown_unit.descriptors[0].limit.as_mut().unwrap().unit = RateLimitUnit::Unknown as i32;
     let cases = [
         (no_domain, "domain must not be empty"),
         (request(vec![descriptor(&[])]), "has no entries"),
@@ -344,32 +339,286 @@ async fn bad_requests_are_invalid_argument_naming_the_problem() {
             "at most 64 descriptors",
         ),
         (
-            request(vec![descriptor(&[("a", &long)])]),
-            "at most 1024 bytes",
-        ),
-        (big_hits, "hits_addend must be at most 1000000"),
-        (
             request(vec![descriptor(&[("a", "b"); 65])]),
             "descriptors[0] has 65 entries; at most 64 are allowed",
         ),
         (
-            big_descriptor_hits,
-            "descriptors[0].hits_addend must be at most 1000000, got 1000001",
+            request(vec![descriptor(&[("tenant_id", "a"), ("", "b")])]),
+            "descriptors[0].entries[1].key must not be empty",
         ),
-        (
-            with_limit("a", "/", 1_000_001, RateLimitUnit::Second),
-            "descriptors[0].limit.requests_per_unit must be at most 1000000",
-        ),
-        (unknown_unit, "descriptors[0].limit.unit must be"),
     ];
     for (req, needle) in cases {
         let status = rls(&app).should_rate_limit(req).await.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{needle}");
+        assert_status(
+            &status,
+            tonic::Code::InvalidArgument,
+            "INVALID_RATE_LIMIT_REQUEST",
+        );
         assert!(
             status.message().contains(needle),
             "{needle}: {}",
             status.message()
         );
+    }
+}
+
+/// SPEC §3 "No bypass": whatever the client puts into a header that Envoy copies into a
+/// descriptor, the request is decided and counted, never answered with an error (which Envoy
+/// would turn into fail-open, or a 5xx).
+#[tokio::test]
+async fn long_paths_queries_and_values_are_matched_and_counted_like_short_ones() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("long");
+    policy(&app, new_policy(&tenant, "/v1/orders", 3)).await;
+    policy(&app, new_policy(&tenant, "/v1/files/**", 2)).await;
+    policy(&app, new_policy("*", "/v1/any", 1)).await;
+
+    // A 1.5 KiB query string counts on the path before `?`, with the plain requests.
+    let long_query = format!("/v1/orders?pad={}", "a".repeat(1_500));
+    let orders = [
+        call(&tenant, "GET", &long_query),
+        call(&tenant, "GET", "/v1/orders"),
+        call(&tenant, "GET", &format!("/v1/orders#{}", "f".repeat(2_000))),
+        call(&tenant, "GET", &long_query),
+        call(&tenant, "GET", "/v1/orders"),
+    ];
+    let mut codes = Vec::new();
+    for req in orders {
+        codes.push(code(&check(&app, req).await));
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::OverLimit,
+            Code::OverLimit
+        ]
+    );
+
+    // A 3 KiB path without a query.
+    let long_path = format!("/v1/files/{}", "p".repeat(3_000));
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(code(&check(&app, call(&tenant, "GET", &long_path)).await));
+    }
+    assert_eq!(codes, [Code::Ok, Code::Ok, Code::OverLimit]);
+
+    // A 2 KiB tenant value is a tenant of its own, counted by the `*` default like any other.
+    let long_tenant = "t".repeat(2_048);
+    let first = check(&app, call(&long_tenant, "GET", "/v1/any")).await;
+    assert_eq!(code(&first), Code::Ok);
+    assert_eq!(first.statuses[0].limit_remaining, 0);
+    let second = check(&app, call(&long_tenant, "GET", "/v1/any")).await;
+    assert_eq!(code(&second), Code::OverLimit);
+    let other = format!("{long_tenant}u");
+    assert_eq!(
+        code(&check(&app, call(&other, "GET", "/v1/any")).await),
+        Code::Ok,
+        "a different long value is a different tenant"
+    );
+}
+
+#[tokio::test]
+async fn a_hits_addend_no_limit_can_allow_is_over_limit_and_counts_nothing() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("costly");
+    policy(&app, new_policy(&tenant, "/llm", 10)).await;
+
+    let mut own = call(&tenant, "POST", "/llm");
+    own.descriptors[0].hits_addend = Some(2_000_000);
+    let mut whole = call(&tenant, "POST", "/llm");
+    whole.hits_addend = 2_000_000;
+    let mut beyond_u32 = call(&tenant, "POST", "/llm");
+    beyond_u32.descriptors[0].hits_addend = Some(u64::from(u32::MAX) + 10);
+    for req in [own, whole, beyond_u32] {
+        let response = check(&app, req).await;
+        assert_eq!(code(&response), Code::OverLimit);
+        assert_eq!(response.statuses[0].limit_remaining, 10, "nothing counted");
+    }
+    // Exactly the limit still fits; one more hit does not.
+    let mut ten = call(&tenant, "POST", "/llm");
+    ten.hits_addend = 10;
+    assert_eq!(code(&check(&app, ten.clone()).await), Code::Ok);
+    assert_eq!(
+        code(&check(&app, call(&tenant, "POST", "/llm")).await),
+        Code::OverLimit
+    );
+
+    // On a descriptor no policy matches, any cost is OK.
+    let mut unmatched = call(&tenant, "POST", "/not-limited");
+    unmatched.descriptors[0].hits_addend = Some(2_000_000);
+    let response = check(&app, unmatched).await;
+    assert_eq!(code(&response), Code::Ok);
+    assert!(response.statuses[0].current_limit.is_none());
+}
+
+fn raw_descriptor(pairs: &[(&str, &[u8])]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: pairs
+            .iter()
+            .map(|(key, value)| Entry {
+                key: (*key).into(),
+                value: value.to_vec(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn values_that_are_not_utf8_are_decided_and_counted_apart() {
+    let app = spawn_with_redis().await;
+    policy(&app, new_policy("*", "/raw/**", 1)).await;
+    let tenant = unique_tenant("bytes");
+    policy(&app, new_policy(&tenant, "/v1/**", 2)).await;
+
+    // Two tenant values that differ only in an invalid byte: two tenants, each under the default.
+    let ff = raw_descriptor(&[("tenant_id", b"t\xff"), ("path", b"/raw/x")]);
+    let fe = raw_descriptor(&[("tenant_id", b"t\xfe"), ("path", b"/raw/x")]);
+    let codes = [
+        code(&check(&app, request(vec![ff.clone()])).await),
+        code(&check(&app, request(vec![ff])).await),
+        code(&check(&app, request(vec![fe])).await),
+    ];
+    assert_eq!(codes, [Code::Ok, Code::OverLimit, Code::Ok]);
+
+    // A path with invalid UTF-8 still matches the tenant's `/v1/**` policy and is counted.
+    let odd_path = raw_descriptor(&[
+        ("tenant_id", tenant.as_bytes()),
+        ("path", b"/v1/\xc3(/\xff"),
+        ("method", b"G\x80T"),
+    ]);
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(code(&check(&app, request(vec![odd_path.clone()])).await));
+    }
+    assert_eq!(codes, [Code::Ok, Code::Ok, Code::OverLimit]);
+}
+
+/// Sends arbitrary bytes as the request message of `path`, as a broken client would.
+async fn send_raw(
+    app: &TestApp,
+    path: &'static str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.expect("channel ready");
+    let mut request = tonic::Request::new(body);
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+    }
+    grpc.unary(
+        request,
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn malformed_messages_are_invalid_argument_with_error_info_on_both_services() {
+    let app = spawn_with_redis().await;
+    let garbage = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0x02];
+    let cases = [
+        (
+            "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            None,
+        ),
+        (
+            "/sluice.admin.v1.PolicyService/GetPolicy",
+            Some(app.admin_token()),
+        ),
+    ];
+    for (path, token) in cases {
+        let status = send_raw(&app, path, garbage.clone(), token.as_deref())
+            .await
+            .unwrap_err();
+        assert_status(&status, tonic::Code::InvalidArgument, "MALFORMED_REQUEST");
+        assert!(
+            status.message().contains("not a valid"),
+            "{path}: {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_at_the_contracts_bounds_is_answered() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("big");
+    policy(&app, new_policy(&tenant, "/big", 100)).await;
+    // 64 descriptors of 64 entries with over 2 KiB of key and value each: about 8.5 MiB, over
+    // tonic's 4 MiB default.
+    let filler = "v".repeat(1_100);
+    let key_filler = "k".repeat(1_096);
+    let mut pairs: Vec<(String, String)> = vec![
+        ("tenant_id".into(), tenant.clone()),
+        ("path".into(), "/big".into()),
+    ];
+    for i in 0..62 {
+        pairs.push((format!("{key_filler}{i:04}"), filler.clone()));
+    }
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let req = request(vec![descriptor(&borrowed); 64]);
+    assert!(prost::Message::encoded_len(&req) > 8 * 1024 * 1024);
+    let response = check(&app, req).await;
+    assert_eq!(code(&response), Code::Ok);
+    assert_eq!(response.statuses.len(), 64);
+    assert_eq!(response.statuses[63].limit_remaining, 36, "64 hits counted");
+}
+
+/// Passes bytes through unchanged: the request body of [`send_raw`], and any response body.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len).to_vec()))
     }
 }
 
@@ -683,10 +932,38 @@ async fn failure_mode_unavailable_answers_unavailable() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
+    for _ in 0..4 {
+        let status = rls(&app)
+            .should_rate_limit(call(&tenant, "GET", "/u"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
     // An unmatched request needs no counter and still answers OK.
     let response = check(&app, call(&tenant, "GET", "/not-limited")).await;
     assert_eq!(code(&response), Code::Ok);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     redis.thaw();
+
+    // The calls that reached the frozen Redis ran when it resumed, after their deadlines: the
+    // requests answered UNAVAILABLE used no quota.
+    let mut read = call(&tenant, "GET", "/u");
+    read.descriptors[0].hits_addend = Some(0);
+    let started = Instant::now();
+    let remaining = loop {
+        match rls(&app).should_rate_limit(read.clone()).await {
+            Ok(response) => break response.into_inner().statuses[0].limit_remaining,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable);
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "Redis never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(remaining, 4, "only the one request answered OK counted");
 }
 
 #[tokio::test]

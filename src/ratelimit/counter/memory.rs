@@ -378,6 +378,8 @@ impl SlidingWindowCounter for InMemoryCounter {
         &self,
         tenant: &str,
         checks: &[CounterCheck<'_>],
+        // Decided synchronously when first polled: a caller that gave up never sees it run.
+        _deadline: Instant,
     ) -> Result<Vec<CounterVerdict>, CounterError> {
         validate(tenant, checks)?;
         if checks.is_empty() {
@@ -403,6 +405,11 @@ mod tests {
 
     use super::*;
 
+    /// A deadline no test reaches: the in-process counter decides when polled.
+    fn far_deadline() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
     fn hit(key_suffix: &str, max_requests: u32, window_ms: u64) -> CounterCheck<'_> {
         CounterCheck {
             key_suffix,
@@ -416,7 +423,7 @@ mod tests {
 
     async fn allowed(counter: &InMemoryCounter, tenant: &str, check: CounterCheck<'_>) -> bool {
         counter
-            .check(tenant, &[check])
+            .check(tenant, &[check], far_deadline())
             .await
             .expect("in-memory check")[0]
             .allowed
@@ -434,7 +441,9 @@ mod tests {
         assert_eq!(counter.tracked_keys(), 2);
 
         for _ in 0..3 {
-            let result = counter.check("acme", &[hit("c", 1, 60_000)]).await;
+            let result = counter
+                .check("acme", &[hit("c", 1, 60_000)], far_deadline())
+                .await;
             assert!(is_full_error(&result), "{result:?}");
         }
         // What records nothing needs no slot: a probe with 0 hits, and hits that cannot fit.
@@ -445,6 +454,7 @@ mod tests {
                     hits: 0,
                     ..hit("c", 1, 60_000)
                 }],
+                far_deadline(),
             )
             .await
             .expect("a check without hits needs no counter");
@@ -456,6 +466,7 @@ mod tests {
                     hits: 2,
                     ..hit("c", 1, 60_000)
                 }],
+                far_deadline(),
             )
             .await
             .expect("a check that does not fit records nothing");
@@ -476,7 +487,7 @@ mod tests {
             hit("new-1", 5, 60_000),
             hit("new-2", 5, 60_000),
         ];
-        let result = counter.check("acme", &step).await;
+        let result = counter.check("acme", &step, far_deadline()).await;
         assert!(is_full_error(&result), "{result:?}");
 
         assert_eq!(counter.tracked_keys(), 1, "no slot was taken");
@@ -493,6 +504,7 @@ mod tests {
                         ..hit("new-1", 5, 60_000)
                     },
                 ],
+                far_deadline(),
             )
             .await
             .expect("probe");
@@ -503,7 +515,13 @@ mod tests {
         assert_eq!(after[1].remaining, 5, "the new counter was not created");
 
         // With one new counter the step fits in the last slot.
-        assert!(counter.check("acme", &step[..2]).await.expect("fits")[1].allowed);
+        assert!(
+            counter
+                .check("acme", &step[..2], far_deadline())
+                .await
+                .expect("fits")[1]
+                .allowed
+        );
         assert_eq!(counter.tracked_keys(), 2);
     }
 
@@ -544,6 +562,7 @@ mod tests {
                     hits: 0,
                     ..hit("long", 5, 60_000)
                 }],
+                far_deadline(),
             )
             .await
             .expect("in-memory check");
@@ -569,7 +588,9 @@ mod tests {
     async fn zero_key_cap_tracks_nothing() {
         let counter = InMemoryCounter::new(0);
         for _ in 0..3 {
-            let result = counter.check("acme", &[hit("a", 1, 60_000)]).await;
+            let result = counter
+                .check("acme", &[hit("a", 1, 60_000)], far_deadline())
+                .await;
             assert!(is_full_error(&result), "{result:?}");
         }
         assert_eq!(counter.tracked_keys(), 0);

@@ -17,15 +17,21 @@
 //!   and the burst remaining), `reset_after_ms` = time until the oldest counted hit leaves the
 //!   window (0 when the window is empty).
 //!
-//! Neither implementation applies a deadline: the caller bounds the whole step.
+//! The caller bounds the whole step with a deadline and passes it in. Neither implementation
+//! waits for it; what it promises is that a call *answered* as failed by the deadline is never
+//! recorded afterwards: [`RedisCounter`] sends the deadline on Redis's clock and the script
+//! records nothing once it has passed ([`CounterError::Late`]); [`InMemoryCounter`] decides
+//! synchronously, so it can never run after its caller gave up.
 
 mod memory;
 mod redis;
+mod redis_clock;
 
 pub use memory::InMemoryCounter;
 pub use redis::{DEFAULT_COMMAND_TIMEOUT, RedisCounter};
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 /// The longest window a check may ask for: a year and a day, above any unit Envoy can send.
 pub const MAX_WINDOW_MS: u64 = 366 * 24 * 60 * 60 * 1000;
@@ -82,6 +88,9 @@ pub enum CounterError {
     /// call needs a new one. Says nothing about the counter's health, so the breaker ignores it.
     #[error("{0}")]
     Full(String),
+    /// The call reached the counter store after its deadline, so the script recorded nothing.
+    #[error("the call reached the counter store after its deadline; nothing was recorded")]
+    Late,
     /// The caller passed a check the counter cannot represent.
     #[error("invalid counter check: {0}")]
     InvalidCheck(String),
@@ -91,11 +100,13 @@ pub enum CounterError {
 #[async_trait]
 pub trait SlidingWindowCounter: Send + Sync + 'static {
     /// All of one tenant's descriptors of one request, decided in one atomic step. Returns one
-    /// verdict per check, in order.
+    /// verdict per check, in order. Nothing is recorded once `deadline` has passed (see the
+    /// module doc).
     async fn check(
         &self,
         tenant: &str,
         checks: &[CounterCheck<'_>],
+        deadline: Instant,
     ) -> Result<Vec<CounterVerdict>, CounterError>;
 }
 

@@ -25,7 +25,12 @@ use async_trait::async_trait;
 use fred::prelude::{Builder, ClientLike, Config, ErrorKind, Pool, ReconnectPolicy};
 use fred::types::scripts::Script;
 
-use super::{CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter, validate};
+use tokio::time::Instant;
+
+use super::{
+    CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter, redis_clock::RedisClock,
+    validate,
+};
 
 /// The sliding-window script; its header documents KEYS, ARGV and the reply.
 const SLIDING_WINDOW_LUA: &str = include_str!("sliding_window.lua");
@@ -61,6 +66,10 @@ pub struct RedisCounter {
     script: Script,
     /// Namespaces Sluice's keys in a shared Redis, and each test's keys in the test server.
     key_prefix: String,
+    /// Where a call's deadline falls on Redis's clock, so a late call records nothing.
+    clock: RedisClock,
+    /// Redis Cluster: each node has its own clock, so the clock is learnt per hash slot.
+    clock_per_slot: bool,
 }
 
 impl RedisCounter {
@@ -68,10 +77,13 @@ impl RedisCounter {
     /// contain `{` or `}`, which would move the Redis Cluster hash tag off the tenant.
     pub fn new(pool: Pool, key_prefix: impl Into<String>) -> Result<Self, CounterError> {
         let key_prefix = checked_prefix(key_prefix.into())?;
+        let clock_per_slot = pool.next().is_clustered();
         Ok(Self {
             pool,
             script: Script::from_lua(SLIDING_WINDOW_LUA),
             key_prefix,
+            clock: RedisClock::new(clock_per_slot),
+            clock_per_slot,
         })
     }
 
@@ -152,6 +164,7 @@ impl SlidingWindowCounter for RedisCounter {
         &self,
         tenant: &str,
         checks: &[CounterCheck<'_>],
+        deadline: Instant,
     ) -> Result<Vec<CounterVerdict>, CounterError> {
         validate(tenant, checks)?;
         if checks.is_empty() {
@@ -161,7 +174,14 @@ impl SlidingWindowCounter for RedisCounter {
             .iter()
             .map(|c| self.key(tenant, c.key_suffix))
             .collect();
-        let mut args: Vec<i64> = Vec::with_capacity(checks.len() * ARGS_PER_CHECK);
+        // Every key of the call shares the tenant's hash tag, so the first names the slot.
+        let slot = if self.clock_per_slot {
+            fred::util::redis_keyslot(keys[0].as_bytes())
+        } else {
+            0
+        };
+        let mut args: Vec<i64> = Vec::with_capacity(1 + checks.len() * ARGS_PER_CHECK);
+        args.push(self.clock.not_after_us(slot, deadline));
         for check in checks {
             args.extend([
                 i64::from(check.max_requests),
@@ -177,7 +197,17 @@ impl SlidingWindowCounter for RedisCounter {
             .evalsha_with_reload(self.pool.next_connected(), keys, args)
             .await
             .map_err(classify)?;
-        verdicts_from_reply(&reply, checks.len())
+        let Some(&[redis_now_us, late]) = reply.get(..2) else {
+            return Err(CounterError::UnexpectedReply(format!(
+                "{} integers, without the time and lateness header",
+                reply.len()
+            )));
+        };
+        self.clock.observe(slot, redis_now_us, Instant::now());
+        if late != 0 {
+            return Err(CounterError::Late);
+        }
+        verdicts_from_reply(&reply[2..], checks.len())
     }
 }
 

@@ -5,14 +5,18 @@ atomic step (Sluice, src/ratelimit/counter/redis.rs).
 KEYS[i]  the sorted set of counter i. All keys carry the same {tenant} hash tag, so they share one
          Redis Cluster slot. A key may appear more than once (two descriptors on one counter).
 
-ARGV     five values per key, in KEYS order (i = 1 .. #KEYS, b = 5 * (i - 1)):
+ARGV[1]  not_after   Redis time in microseconds after which this call must record nothing: its
+                     caller has answered it already (0 = no bound). See redis_clock.rs.
+ARGV     then five values per key, in KEYS order (i = 1 .. #KEYS, b = 1 + 5 * (i - 1)):
            ARGV[b+1]  max_requests  hits allowed in any window_ms span
            ARGV[b+2]  window_ms     the window length in milliseconds (>= 1)
            ARGV[b+3]  burst_limit   0 = none; else hits allowed in any 1000 ms span
            ARGV[b+4]  hits          0 = check without counting
            ARGV[b+5]  enforcing     1 = enforcing; 0 = shadow (reported, never blocks the others)
 
-Returns  a flat array of three integers per key, in KEYS order:
+Returns  a flat array: now (Redis TIME in microseconds), late (1 when now > not_after: nothing was
+         read or written and no verdicts follow, else 0), then three integers per key, in KEYS
+         order:
            allowed (1 or 0), remaining, reset_after_ms
 
 Layout of a key: one member per recorded call, never one per hit. The member is
@@ -90,10 +94,17 @@ end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
+-- The caller has given up on this call (Redis was frozen or slow while it waited in the socket):
+-- whatever it answered, it did not count these hits, so neither may we.
+local not_after = tonumber(ARGV[1])
+if not_after > 0 and now > not_after then
+  return { now, 1 }
+end
+
 local checks = {}
 local longest_window_us = {}
 for i = 1, #KEYS do
-  local b = 5 * (i - 1)
+  local b = 1 + 5 * (i - 1)
   local check = {
     key = KEYS[i],
     max = tonumber(ARGV[b + 1]),
@@ -161,7 +172,7 @@ end
 
 -- Phase 3: report the counters as they are after the call. What this call recorded sits at
 -- `score` >= now, inside every window, so no second read is needed.
-local result = {}
+local result = { now, 0 }
 for i, check in ipairs(checks) do
   local counted, burst, oldest = check.state.counted, check.state.burst, check.state.oldest
   local added = recorded[check.key]
@@ -179,8 +190,8 @@ for i, check in ipairs(checks) do
     local left_us = oldest + check.window_us - now
     reset_after_ms = math.min(check.window_us / 1000, math.max(0, math.ceil(left_us / 1000)))
   end
-  result[3 * i - 2] = check.fits and 1 or 0
-  result[3 * i - 1] = remaining
-  result[3 * i] = reset_after_ms
+  result[3 * i] = check.fits and 1 or 0
+  result[3 * i + 1] = remaining
+  result[3 * i + 2] = reset_after_ms
 end
 return result
