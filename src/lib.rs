@@ -5,14 +5,16 @@
 //!
 //! ## The hot path (`ShouldRateLimit` → snapshot → one counter call per tenant → response)
 //! 1. [`ratelimit::service`] — `envoy.service.ratelimit.v3.RateLimitService` parses the request
-//!    with [`ratelimit::request`] (input bounds → INVALID_ARGUMENT).
+//!    with [`ratelimit::request`]: only what Envoy's configuration controls can be INVALID_ARGUMENT;
+//!    whatever a client sends (long or non-UTF-8 values, huge costs) gets a decision.
 //! 2. [`ratelimit::snapshot`] — each descriptor's policy from the in-memory
 //!    [`ratelimit::snapshot::PolicySnapshot`] (per-tenant [`domain::PatternSet`]s, then `*`
 //!    defaults): no await, no lock, no database.
 //! 3. [`ratelimit::over_limit_cache`] — certain denials answered from memory.
 //! 4. [`ratelimit::counter`] — the [`ratelimit::counter::SlidingWindowCounter`]: one atomic Lua
-//!    call per tenant in Redis (or the in-process twin), all under one deadline, behind the
-//!    [`ratelimit::breaker`]; failures answer per `SLUICE_FAILURE_MODE`.
+//!    call per tenant in Redis (or the in-process twin), all under one deadline that the script
+//!    itself enforces on Redis's clock, behind the [`ratelimit::breaker`]; failures answer per
+//!    `SLUICE_FAILURE_MODE`.
 //! 5. Back in the service: one status per descriptor, `overall_code` never UNKNOWN.
 //!
 //! Nothing on this path imports the admin path or sqlx.
@@ -37,7 +39,8 @@
 //! ## Around both
 //! [`settings`] (every flag and environment variable), [`startup`] (builds and runs the
 //! [`startup::Application`]), [`telemetry`] (logs, Prometheus series, per-RPC metrics),
-//! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`proto`] (generated code).
+//! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`proto`] (generated code), [`grpc_codec`] (the
+//! codec of both gRPC services: a message that does not decode is INVALID_ARGUMENT).
 
 /// mimalloc for every binary that links Sluice: malloc/free was about a fifth of the hot path's
 /// CPU with the system allocator (docs/benchmarks.md).

@@ -138,3 +138,45 @@ async fn spellings_of_the_same_path_share_one_limit() {
     assert_eq!(escaped.status, 400, "{escaped:?}");
     assert_eq!(stack.backend.hits(), 4);
 }
+
+/// No bypass (SPEC §3): a client that pads its URL gets the same limit as everyone else, under the
+/// fail-open and the strict configuration alike — never unlimited, never a 5xx.
+#[tokio::test]
+async fn long_query_strings_and_long_paths_are_limited_like_short_ones() {
+    for config in [ShippedConfig::Http, ShippedConfig::Strict] {
+        let stack = Stack::start(config).await;
+        stack.policy("acme", "GET /v1/orders", 3).await;
+        stack.policy("acme", "GET /v1/files/*", 2).await;
+        let acme = stack.issuer.token("acme");
+
+        let padded = format!("/v1/orders?pad={}", "a".repeat(1_536));
+        let mut statuses = Vec::new();
+        for path in [padded.as_str(), "/v1/orders", padded.as_str()] {
+            statuses.push(stack.envoy.get_as(&acme, path).await.status);
+        }
+        for path in [padded.as_str(), "/v1/orders"] {
+            statuses.push(stack.envoy.get_as(&acme, path).await.status);
+        }
+        assert_eq!(statuses, [200, 200, 200, 429, 429], "{config:?}");
+
+        let long_path = format!("/v1/files/{}", "p".repeat(3_072));
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(stack.envoy.get_as(&acme, &long_path).await.status);
+        }
+        assert_eq!(statuses, [200, 200, 429], "{config:?}");
+
+        let stats = stack.envoy.ratelimit_stats().await;
+        assert_eq!(
+            (
+                stats.ok(),
+                stats.over_limit(),
+                stats.error(),
+                stats.failure_mode_allowed()
+            ),
+            (5, 3, 0, 0),
+            "{config:?}: {stats:?}"
+        );
+        assert_eq!(stack.backend.hits(), 5, "{config:?}");
+    }
+}
