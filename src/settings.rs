@@ -12,6 +12,8 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sqlx::sqlite::SqliteConnectOptions;
 
+use crate::domain::policy::MaxPoliciesPerTenant;
+
 /// A secret string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretString(String);
@@ -154,6 +156,11 @@ pub struct Settings {
     /// `window_seconds` of a created policy that does not give one.
     #[arg(long = "default-window", env = "RATE_LIMIT_DEFAULT_WINDOW", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=2_678_400), global = true)]
     pub default_window_seconds: u32,
+
+    /// Most policies one tenant (and `*`) may hold, enabled or not; over it CreatePolicy is
+    /// RESOURCE_EXHAUSTED with reason RATE_POLICY_LIMIT.
+    #[arg(long, env = "SLUICE_MAX_POLICIES_PER_TENANT", default_value_t = MaxPoliciesPerTenant::default(), global = true)]
+    pub max_policies_per_tenant: MaxPoliciesPerTenant,
 
     /// What a counter failure or deadline gives: allow (`open`) or gRPC UNAVAILABLE.
     #[arg(
@@ -417,6 +424,7 @@ mod tests {
         );
         assert!(s.redis_url.is_none());
         assert_eq!(s.memory_max_keys, 1_000_000);
+        assert_eq!(s.max_policies_per_tenant.get(), 1_000);
     }
 
     #[test]
@@ -498,6 +506,10 @@ mod tests {
             (&["token", "--ttl", "soon"][..], "--ttl"),
             (&["--memory-max-keys", "0"][..], "--memory-max-keys"),
             (&["--memory-max-keys", "many"][..], "--memory-max-keys"),
+            (
+                &["--max-policies-per-tenant", "0"][..],
+                "--max-policies-per-tenant",
+            ),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -111,7 +111,8 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> Result<OpenedStor
                 PgConnectOptions::from_str(settings.database_url.expose()).map_err(|err| {
                     StartupError::Database(format!("not a valid PostgreSQL URL: {err}"))
                 })?;
-            let store = PgPolicyStore::connect_lazy(options, DB_ACQUIRE_TIMEOUT);
+            let store = PgPolicyStore::connect_lazy(options, DB_ACQUIRE_TIMEOUT)
+                .with_max_policies_per_tenant(settings.max_policies_per_tenant);
             if migrate {
                 store.migrate().await.map_err(|err| {
                     StartupError::Database(format!(
@@ -137,7 +138,8 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> Result<OpenedStor
                         path.display(),
                         error_chain(&err)
                     ))
-                })?;
+                })?
+                .with_max_policies_per_tenant(settings.max_policies_per_tenant);
             if migrate {
                 store.migrate().await.map_err(|err| {
                     StartupError::Database(format!(

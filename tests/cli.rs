@@ -817,3 +817,51 @@ async fn rediss_counts_in_a_tls_redis_whose_private_ca_is_given_by_ssl_cert_file
         .expect("a counter line");
     assert_eq!(counter_line["counter"], "redis");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `sluice token`
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn token_refuses_the_reserved_anonymous_tenant_without_the_admin_role() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let token = |args: &[&str]| {
+        sluice()
+            .current_dir(dir.path())
+            .env(
+                "SLUICE_JWT_HS256_SECRET",
+                "a-cli-test-secret-of-at-least-32-bytes",
+            )
+            .arg("token")
+            .args(args)
+            .output()
+            .expect("run sluice token")
+    };
+
+    // Act
+    let refused = token(&["--tenant", "anonymous"]);
+    let as_admin = token(&["--tenant", "anonymous", "--role", "platform-admin"]);
+
+    // Assert
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "no token is printed");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    assert!(
+        lines[0].starts_with("sluice: ")
+            && lines[0].contains("\"anonymous\" is reserved")
+            && lines[0].contains("platform-admin"),
+        "{stderr:?}"
+    );
+    assert!(
+        as_admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&as_admin.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&as_admin.stdout).split('.').count(),
+        3
+    );
+}

@@ -14,7 +14,7 @@ use chrono::Utc;
 use sluice::{
     domain::{
         EndpointPattern, Limits, NewPolicy, Policy, PolicyPatch, PolicyTenant, TenantId,
-        TenantScope,
+        TenantScope, policy::MaxPoliciesPerTenant,
     },
     settings::Settings,
     startup::open_store,
@@ -30,10 +30,21 @@ struct Subject {
     _database: Box<dyn Any + Send>,
 }
 
-async fn postgres_subject() -> Subject {
+/// The cap on policies per tenant a contract body runs with: the default, or the one named in
+/// `contract_tests!` as `body(cap)`.
+fn policy_cap(named: &[u32]) -> MaxPoliciesPerTenant {
+    named
+        .first()
+        .map_or_else(MaxPoliciesPerTenant::default, |&cap| {
+            MaxPoliciesPerTenant::new(cap).expect("a valid cap")
+        })
+}
+
+async fn postgres_subject(cap: MaxPoliciesPerTenant) -> Subject {
     let database = support::fresh_database().await;
     let options = PgConnectOptions::from_str(&database.url).expect("test database URL parses");
-    let store = PgPolicyStore::connect_lazy(options, ACQUIRE_TIMEOUT);
+    let store =
+        PgPolicyStore::connect_lazy(options, ACQUIRE_TIMEOUT).with_max_policies_per_tenant(cap);
     store.migrate().await.expect("PostgreSQL migrations apply");
     Subject {
         store: Arc::new(store),
@@ -41,9 +52,11 @@ async fn postgres_subject() -> Subject {
     }
 }
 
-async fn sqlite_subject() -> Subject {
+async fn sqlite_subject(cap: MaxPoliciesPerTenant) -> Subject {
     let dir = tempfile::tempdir().expect("create a temporary directory");
-    let store = open_sqlite(&dir.path().join("sluice.db")).await;
+    let store = open_sqlite(&dir.path().join("sluice.db"))
+        .await
+        .with_max_policies_per_tenant(cap);
     Subject {
         store: Arc::new(store),
         _database: Box::new(dir),
@@ -63,11 +76,11 @@ fn tenant(raw: &str) -> PolicyTenant {
 }
 
 fn scope_of(raw: &str) -> TenantScope {
-    TenantScope::Tenant(TenantId::parse(raw).expect("valid tenant id"))
+    TenantScope::tenant(TenantId::parse(raw).expect("valid tenant id")).expect("not reserved")
 }
 
 fn admin() -> TenantScope {
-    TenantScope::PlatformAdmin { home: None }
+    TenantScope::platform_admin(None)
 }
 
 fn new_policy(tenant_id: &str, pattern: &str) -> NewPolicy {
@@ -196,9 +209,8 @@ async fn a_platform_admin_sees_every_tenant(subject: Subject) {
     let acme = create(store, "acme", "/a").await;
     let globex = create(store, "globex", "/a").await;
     let default_policy = create(store, "*", "/a").await;
-    let admin_with_home = TenantScope::PlatformAdmin {
-        home: Some(TenantId::parse("acme").expect("tenant")),
-    };
+    let admin_with_home =
+        TenantScope::platform_admin(Some(TenantId::parse("acme").expect("tenant")));
 
     // Act
     let listed = store
@@ -602,6 +614,84 @@ async fn concurrent_updates_without_etag_all_succeed(subject: Subject) {
     assert_eq!(last.version, 21);
 }
 
+// Bodies below run with a cap of 3 policies per tenant (see `contract_tests!`).
+
+/// Asserts `result` is the cap refusal for `tenant` at 3 policies.
+#[track_caller]
+fn assert_policy_limit(result: Result<Policy, StoreError>, tenant: &str) {
+    match result {
+        Err(StoreError::PolicyLimit {
+            tenant: t,
+            limit: 3,
+        }) if t == tenant => {}
+        other => panic!("expected PolicyLimit for {tenant} at 3, got {other:?}"),
+    }
+}
+
+async fn the_policy_cap_bounds_each_tenant_and_frees_a_slot_on_delete(subject: Subject) {
+    // Arrange: three policies for acme, one disabled (disabled policies count too), three for `*`.
+    let store = &*subject.store;
+    let first = create(store, "acme", "/a").await;
+    create(store, "acme", "/b").await;
+    let mut disabled = new_policy("acme", "/c");
+    disabled.enabled = false;
+    store.create(disabled).await.expect("third policy");
+    for pattern in ["/a", "/b", "/c"] {
+        create(store, "*", pattern).await;
+    }
+
+    // Act
+    let fourth = store.create(new_policy("acme", "/d")).await;
+    let fourth_default = store.create(new_policy("*", "/d")).await;
+    let other_tenant = store.create(new_policy("globex", "/d")).await;
+    store
+        .delete(&scope_of("acme"), first.id, None)
+        .await
+        .expect("delete");
+    let after_delete = store.create(new_policy("acme", "/d")).await;
+
+    // Assert
+    assert_policy_limit(fourth, "acme");
+    assert_policy_limit(fourth_default, "*");
+    other_tenant.expect("another tenant is unaffected");
+    after_delete.expect("deleting a policy frees a slot");
+    let acme = store
+        .list(&scope_of("acme"), None, None, 100)
+        .await
+        .expect("list");
+    let patterns: Vec<String> = acme.iter().map(|p| p.pattern.to_string()).collect();
+    assert_eq!(patterns, ["/b", "/c", "/d"]);
+    assert_policy_limit(store.create(new_policy("acme", "/e")).await, "acme");
+}
+
+async fn concurrent_creates_never_pass_the_policy_cap(subject: Subject) {
+    // Arrange
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Act: ten creates for one tenant at once, each for its own pattern.
+    for n in 0..10 {
+        let store = subject.store.clone();
+        tasks.spawn(async move { store.create(new_policy("acme", &format!("/p{n}"))).await });
+    }
+    let (mut created, mut refused) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("create task") {
+            Ok(_) => created += 1,
+            Err(StoreError::PolicyLimit { .. }) => refused += 1,
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+
+    // Assert
+    assert_eq!((created, refused), (3, 7));
+    let stored = subject
+        .store
+        .list(&admin(), Some(&tenant("acme")), None, 100)
+        .await
+        .expect("list");
+    assert_eq!(stored.len(), 3);
+}
+
 /// Checks that `updates` of `created` were applied one after another: versions 2, 3, … with no
 /// gaps, and `updated_at` (hence the etag) strictly increasing with the version.
 fn assert_updates_serialised(created: &Policy, mut updates: Vec<Policy>) {
@@ -623,14 +713,16 @@ fn assert_updates_serialised(created: &Policy, mut updates: Vec<Policy>) {
     assert_eq!(etags.len(), updates.len());
 }
 
-/// One `postgres::<name>` and one `sqlite::<name>` test per contract body.
+/// One `postgres::<name>` and one `sqlite::<name>` test per contract body; `name(cap)` runs the
+/// body on stores capped at `cap` policies per tenant.
 macro_rules! contract_tests {
-    ($($name:ident),+ $(,)?) => {
+    ($($name:ident $(($cap:expr))?),+ $(,)?) => {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(super::postgres_subject().await).await;
+                    let cap = super::policy_cap(&[$($cap)?]);
+                    super::$name(super::postgres_subject(cap).await).await;
                 }
             )+
         }
@@ -639,7 +731,8 @@ macro_rules! contract_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(super::sqlite_subject().await).await;
+                    let cap = super::policy_cap(&[$($cap)?]);
+                    super::$name(super::sqlite_subject(cap).await).await;
                 }
             )+
         }
@@ -661,6 +754,8 @@ contract_tests!(
     ids_sort_in_creation_order,
     concurrent_updates_without_etag_all_succeed,
     a_shared_secret_is_kept_from_the_first_caller,
+    the_policy_cap_bounds_each_tenant_and_frees_a_slot_on_delete(3),
+    concurrent_creates_never_pass_the_policy_cap(3),
 );
 
 // ---------------------------------------------------------------------------------------------

@@ -10,9 +10,10 @@
 //! Claims: `exp` required, `nbf` honoured, both with [`CLOCK_SKEW_LEEWAY`] of tolerance; `iss` and
 //! `aud` checked (and then required) only when `SLUICE_JWT_ISSUER` / `SLUICE_JWT_AUDIENCE` are set;
 //! `tenant_id` a [`TenantId`]; `roles` an optional array of strings, where [`PLATFORM_ADMIN_ROLE`]
-//! makes the caller a platform admin and `tenant_id` optional.
+//! makes the caller a platform admin and `tenant_id` optional. The scope itself comes from
+//! [`TenantScope::from_claims`], which refuses a tenant-scoped token for the reserved `anonymous`
+//! tenant: that caller is authenticated but may do nothing, so every RPC is PERMISSION_DENIED.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -28,10 +29,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
-use tonic::{Code, Request, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Status};
 
-use crate::domain::{TenantId, TenantScope};
+use crate::domain::{TenantId, TenantScope, tenant::ScopeError};
 
 /// The role that lets a token act on every tenant.
 pub const PLATFORM_ADMIN_ROLE: &str = "platform-admin";
@@ -40,9 +40,6 @@ pub const PLATFORM_ADMIN_ROLE: &str = "platform-admin";
 /// drift, and a token refused for being two seconds early is a confusing failure. 30 s is short
 /// next to any sensible token lifetime.
 pub const CLOCK_SKEW_LEEWAY: Duration = Duration::from_secs(30);
-
-/// `google.rpc.ErrorInfo.reason` of every authentication failure (SPEC.md §4).
-pub const UNAUTHENTICATED_REASON: &str = "UNAUTHENTICATED";
 
 pub use super::error::ERROR_DOMAIN;
 
@@ -103,8 +100,9 @@ pub enum AuthConfigError {
     NoUsableKey { path: PathBuf, reason: String },
 }
 
-/// Why a caller was not authenticated. The message is safe to send to the client: it says what
-/// is wrong and never contains the token or a key.
+/// Why a caller was refused: not authenticated, or (only [`AuthError::Scope`]) authenticated but
+/// given no scope. The message is safe to send to the client: it says what is wrong and never
+/// contains the token or a key. Mapped to a status in `admin::error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing authorization metadata")]
@@ -137,16 +135,10 @@ pub enum AuthError {
     WrongIssuer,
     #[error("token audience is not accepted")]
     WrongAudience,
-}
-
-impl From<AuthError> for Status {
-    fn from(err: AuthError) -> Self {
-        Status::with_error_details(
-            Code::Unauthenticated,
-            err.to_string(),
-            ErrorDetails::with_error_info(UNAUTHENTICATED_REASON, ERROR_DOMAIN, HashMap::new()),
-        )
-    }
+    /// A valid token whose claims name the reserved `anonymous` tenant without the
+    /// platform-admin role.
+    #[error(transparent)]
+    Scope(ScopeError),
 }
 
 /// Where a verification key came from, for logs and Debug.
@@ -421,13 +413,11 @@ impl ScopeClaims {
                 });
             }
         };
-        if roles.iter().any(|role| role == PLATFORM_ADMIN_ROLE) {
-            Ok(TenantScope::PlatformAdmin { home: tenant })
-        } else {
-            tenant
-                .map(TenantScope::Tenant)
-                .ok_or(AuthError::MissingClaim("tenant_id"))
-        }
+        let platform_admin = roles.iter().any(|role| role == PLATFORM_ADMIN_ROLE);
+        TenantScope::from_claims(tenant, platform_admin).map_err(|err| match err {
+            ScopeError::NoTenant => AuthError::MissingClaim("tenant_id"),
+            reserved @ ScopeError::ReservedTenant => AuthError::Scope(reserved),
+        })
     }
 }
 
@@ -648,7 +638,8 @@ fn key_from_jwk(jwk: &Jwk) -> Result<VerificationKey, String> {
 }
 
 /// gRPC interceptor for the admin service: verifies the bearer token and puts the caller's
-/// [`TenantScope`] into the request's extensions, or refuses with UNAUTHENTICATED.
+/// [`TenantScope`] into the request's extensions, or refuses with UNAUTHENTICATED (or
+/// PERMISSION_DENIED for a token whose claims give no scope).
 #[derive(Clone)]
 pub struct AuthInterceptor {
     verifier: Arc<JwtVerifier>,
@@ -696,8 +687,9 @@ pub struct MintRequest<'a> {
 pub enum MintError {
     #[error("the HS256 secret is empty")]
     EmptySecret,
-    #[error("a token needs a tenant unless it has the {PLATFORM_ADMIN_ROLE} role")]
-    NoTenant,
+    /// No tenant without the platform-admin role, or the reserved `anonymous` tenant.
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
     #[error("tenant id is invalid: {0}")]
     InvalidTenant(String),
     #[error("the token lifetime must be at least one second")]
@@ -748,13 +740,14 @@ pub fn mint_hs256_with(secret: &[u8], request: &MintRequest<'_>) -> Result<Strin
     if request.ttl.as_secs() == 0 {
         return Err(MintError::TtlTooShort);
     }
-    match request.tenant {
-        Some(tenant) => {
-            TenantId::parse(tenant).map_err(MintError::InvalidTenant)?;
-        }
-        None if request.roles.iter().any(|r| r == PLATFORM_ADMIN_ROLE) => {}
-        None => return Err(MintError::NoTenant),
-    }
+    let tenant = request
+        .tenant
+        .map(TenantId::parse)
+        .transpose()
+        .map_err(MintError::InvalidTenant)?;
+    // The scope the verifier will derive: a token it would refuse is not minted.
+    let platform_admin = request.roles.iter().any(|r| r == PLATFORM_ADMIN_ROLE);
+    TenantScope::from_claims(tenant, platform_admin)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_secs())
@@ -779,7 +772,9 @@ pub fn mint_hs256_with(secret: &[u8], request: &MintRequest<'_>) -> Result<Strin
 mod tests {
     use super::*;
     use serde_json::json;
+    use tonic::Code;
     use tonic::metadata::MetadataValue;
+    use tonic_types::StatusExt;
 
     const SECRET: &[u8] = b"an-hs256-test-secret-of-32-bytes!";
 
@@ -851,7 +846,7 @@ mod tests {
     }
 
     fn acme() -> TenantScope {
-        TenantScope::Tenant(TenantId::parse("acme").unwrap())
+        TenantScope::tenant(TenantId::parse("acme").unwrap()).unwrap()
     }
 
     fn verifier(config: JwtConfig) -> JwtVerifier {
@@ -901,12 +896,12 @@ mod tests {
             (
                 "platform admin with a home tenant",
                 json!({ "tenant_id": "acme", "roles": ["platform-admin"], "exp": later() }),
-                Ok(TenantScope::PlatformAdmin { home }),
+                Ok(TenantScope::platform_admin(home)),
             ),
             (
                 "platform admin without a tenant",
                 json!({ "roles": ["viewer", "platform-admin"], "exp": later() }),
-                Ok(TenantScope::PlatformAdmin { home: None }),
+                Ok(TenantScope::platform_admin(None)),
             ),
             (
                 "expired",
@@ -1488,13 +1483,49 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_token_for_anonymous_is_permission_denied() {
+        let token = hs256(&json!({ "tenant_id": "anonymous", "exp": later() }));
+
+        let status = call_with_authorization(Some(&format!("Bearer {token}"))).unwrap_err();
+
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(
+            status.message().contains("\"anonymous\" is reserved"),
+            "{:?}",
+            status.message()
+        );
+        let info = status.get_details_error_info().expect("ErrorInfo detail");
+        assert_eq!(info.reason, "PERMISSION_DENIED");
+        // A platform admin whose home tenant is `anonymous` keeps every right.
+        let admin = hs256(&json!({
+            "tenant_id": "anonymous", "roles": ["platform-admin"], "exp": later()
+        }));
+        let anonymous = Some(TenantId::anonymous());
+        assert_eq!(
+            hs256_verifier().verify(&admin),
+            Ok(TenantScope::platform_admin(anonymous.clone()))
+        );
+        let minted = mint_hs256(
+            SECRET,
+            Some("anonymous"),
+            &[PLATFORM_ADMIN_ROLE.to_owned()],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(
+            hs256_verifier().verify(&minted),
+            Ok(TenantScope::platform_admin(anonymous))
+        );
+    }
+
+    #[test]
     fn minted_tokens_verify_and_bad_requests_are_refused() {
         let verifier = hs256_verifier();
         let admin = vec![PLATFORM_ADMIN_ROLE.to_owned()];
         let token = mint_hs256(SECRET, None, &admin, Duration::from_secs(60)).unwrap();
         assert_eq!(
             verifier.verify(&token),
-            Ok(TenantScope::PlatformAdmin { home: None })
+            Ok(TenantScope::platform_admin(None))
         );
         let token = mint_hs256(SECRET, Some("acme"), &[], Duration::from_secs(60)).unwrap();
         assert_eq!(verifier.verify(&token), Ok(acme()));
@@ -1520,6 +1551,11 @@ mod tests {
                 "empty secret",
                 mint_hs256(b"", Some("acme"), &[], minute),
                 "secret is empty",
+            ),
+            (
+                "reserved tenant",
+                mint_hs256(SECRET, Some("anonymous"), &[], minute),
+                "\"anonymous\" is reserved",
             ),
         ];
         for (case, result, fragment) in refusals {

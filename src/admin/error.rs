@@ -1,9 +1,13 @@
 //! The admin path's one error type and its one mapping to `tonic::Status`, with the stable
-//! `google.rpc.ErrorInfo` reasons of SPEC §4 and `google.rpc.BadRequest` field violations.
+//! `google.rpc.ErrorInfo` reasons of SPEC §4 and `google.rpc.BadRequest` field violations. The
+//! JWT interceptor's refusals ([`AuthError`]) come through here too.
+
+use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::auth::AuthError;
 use crate::{domain::FieldViolation, store::StoreError, telemetry::error_chain};
 
 /// `google.rpc.ErrorInfo.domain` of every Sluice error.
@@ -22,6 +26,11 @@ pub enum AdminError {
         "etag {given:?} does not match the policy's current etag {current:?}; read it again and retry"
     )]
     EtagMismatch { given: String, current: String },
+    #[error(
+        "tenant {tenant} already has {limit} policies, the most SLUICE_MAX_POLICIES_PER_TENANT \
+         allows; delete one before creating another"
+    )]
+    PolicyLimit { tenant: String, limit: u32 },
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
@@ -43,6 +52,7 @@ impl AdminError {
             Self::NotFound => "RATE_POLICY_NOT_FOUND",
             Self::Conflict { .. } => "RATE_POLICY_CONFLICT",
             Self::EtagMismatch { .. } => "ETAG_MISMATCH",
+            Self::PolicyLimit { .. } => "RATE_POLICY_LIMIT",
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::Unavailable(_) => "STORE_UNAVAILABLE",
@@ -55,6 +65,7 @@ impl AdminError {
             Self::NotFound => Code::NotFound,
             Self::Conflict { .. } => Code::AlreadyExists,
             Self::EtagMismatch { .. } => Code::Aborted,
+            Self::PolicyLimit { .. } => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Unavailable(_) => Code::Unavailable,
@@ -74,6 +85,18 @@ impl AdminError {
             other => other.to_string(),
         }
     }
+
+    /// `ErrorInfo.metadata`: the numbers a script needs to act on the error without parsing
+    /// the message.
+    fn metadata(&self) -> HashMap<String, String> {
+        match self {
+            Self::PolicyLimit { tenant, limit } => HashMap::from([
+                ("tenant_id".to_owned(), tenant.clone()),
+                ("limit".to_owned(), limit.to_string()),
+            ]),
+            _ => HashMap::new(),
+        }
+    }
 }
 
 impl From<StoreError> for AdminError {
@@ -82,11 +105,29 @@ impl From<StoreError> for AdminError {
             StoreError::NotFound => Self::NotFound,
             StoreError::Conflict { tenant, pattern } => Self::Conflict { tenant, pattern },
             StoreError::EtagMismatch { given, current } => Self::EtagMismatch { given, current },
+            StoreError::PolicyLimit { tenant, limit } => Self::PolicyLimit { tenant, limit },
             StoreError::Invalid(violations) => Self::Invalid(violations),
             other @ (StoreError::Unavailable(_)
             | StoreError::TimedOut(_)
             | StoreError::Corrupt { .. }) => Self::Unavailable(other),
         }
+    }
+}
+
+impl From<AuthError> for AdminError {
+    /// A token that verifies but names the reserved tenant is a permission problem; every other
+    /// refusal means the caller is not authenticated.
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Scope(_) => Self::PermissionDenied(err.to_string()),
+            other => Self::Unauthenticated(other.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        AdminError::from(err).into()
     }
 }
 
@@ -97,11 +138,7 @@ impl From<AdminError> for Status {
             tracing::error!(error = %error_chain(source), "policy store failed");
         }
         let mut details = ErrorDetails::new();
-        details.set_error_info(
-            err.reason(),
-            ERROR_DOMAIN,
-            std::collections::HashMap::<String, String>::new(),
-        );
+        details.set_error_info(err.reason(), ERROR_DOMAIN, err.metadata());
         if let AdminError::Invalid(violations) = &err {
             for v in violations {
                 details.add_bad_request_violation(v.field.clone(), v.description.clone());
@@ -143,6 +180,14 @@ mod tests {
                 },
                 Code::Aborted,
                 "ETAG_MISMATCH",
+            ),
+            (
+                AdminError::PolicyLimit {
+                    tenant: "acme".into(),
+                    limit: 3,
+                },
+                Code::ResourceExhausted,
+                "RATE_POLICY_LIMIT",
             ),
             (
                 AdminError::PermissionDenied("no".into()),

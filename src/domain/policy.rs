@@ -1,6 +1,8 @@
 //! A rate-limit policy and the rules its fields obey (SPEC §2): the limits, the id, the etag, and
 //! the partial updates the admin API applies.
 
+use std::num::NonZeroU32;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -161,6 +163,56 @@ pub struct NewPolicy {
     pub shadow: bool,
 }
 
+/// The most policies one tenant (or `*`) may hold, enabled or not: `SLUICE_MAX_POLICIES_PER_TENANT`.
+/// Bounds what one tenant can add to the snapshot every instance keeps in memory and to the
+/// lookups every tenant shares. At least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPoliciesPerTenant(NonZeroU32);
+
+impl MaxPoliciesPerTenant {
+    /// The default cap (SPEC §1).
+    pub const DEFAULT: u32 = 1_000;
+
+    pub fn new(limit: u32) -> Result<Self, String> {
+        NonZeroU32::new(limit)
+            .map(Self)
+            .ok_or_else(|| "must be at least 1".to_owned())
+    }
+
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// Whether a tenant that already holds `existing` policies may create one more.
+    pub fn admits_another(self, existing: u64) -> bool {
+        existing < u64::from(self.get())
+    }
+}
+
+impl Default for MaxPoliciesPerTenant {
+    fn default() -> Self {
+        // Evaluated at compile time: a zero default would not build.
+        Self(const { NonZeroU32::new(Self::DEFAULT).unwrap() })
+    }
+}
+
+impl std::str::FromStr for MaxPoliciesPerTenant {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let limit = raw
+            .parse::<u32>()
+            .map_err(|_| format!("{raw:?} is not a whole number of policies"))?;
+        Self::new(limit)
+    }
+}
+
+impl std::fmt::Display for MaxPoliciesPerTenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The fields an update changes; `None` keeps the stored value. Limits are given raw because they
 /// are only valid together with the stored values they are merged with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -301,5 +353,22 @@ mod tests {
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn the_policy_cap_parses_whole_positive_numbers() {
+        assert_eq!(MaxPoliciesPerTenant::default().get(), 1_000);
+        let three: MaxPoliciesPerTenant = "3".parse().unwrap();
+        assert!(three.admits_another(2));
+        assert!(!three.admits_another(3));
+        assert!(!three.admits_another(4));
+        for (raw, problem) in [
+            ("0", "at least 1"),
+            ("-1", "whole number"),
+            ("lots", "whole number"),
+        ] {
+            let err = raw.parse::<MaxPoliciesPerTenant>().unwrap_err();
+            assert!(err.contains(problem), "{raw}: {err}");
+        }
     }
 }

@@ -89,39 +89,83 @@ impl fmt::Display for PolicyTenant {
     }
 }
 
-/// What an authenticated admin caller may act on, taken from its JWT.
+/// What an authenticated admin caller may act on, taken from its JWT. Built only by
+/// [`TenantScope::from_claims`], [`TenantScope::tenant`] or [`TenantScope::platform_admin`], so a
+/// scope that breaks the reserved-tenant rule cannot exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TenantScope {
-    /// `platform-admin` role: every tenant, including `*` defaults. `home` is the token's own
-    /// `tenant_id` claim when it has one (the tenant a create with no tenant goes to).
+pub struct TenantScope(Scope);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// `platform-admin` role: every tenant, including `*` defaults and `anonymous`. `home` is the
+    /// token's own `tenant_id` claim when it has one (the tenant a create with no tenant goes to).
     PlatformAdmin { home: Option<TenantId> },
-    /// One tenant only.
+    /// One tenant only, never `anonymous`.
     Tenant(TenantId),
 }
 
+/// Why a token's claims give no scope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("a token needs a tenant_id unless it has the platform-admin role")]
+    NoTenant,
+    /// `anonymous` is what every descriptor without a tenant entry counts as: a policy of its
+    /// own would replace the platform's `*` default for all tokenless traffic, so only a
+    /// platform admin may manage it.
+    #[error(
+        "tenant_id \"anonymous\" is reserved: it stands for every request that names no tenant, \
+         so only a platform-admin token may manage its policies"
+    )]
+    ReservedTenant,
+}
+
 impl TenantScope {
+    /// The scope of a token's claims: its `tenant_id` (if any) and whether its roles include
+    /// `platform-admin`. This is the one place the reserved-tenant rule is enforced; both
+    /// token verification and `sluice token` come through here.
+    pub fn from_claims(tenant: Option<TenantId>, platform_admin: bool) -> Result<Self, ScopeError> {
+        match (tenant, platform_admin) {
+            (home, true) => Ok(Self::platform_admin(home)),
+            (Some(own), false) => Self::tenant(own),
+            (None, false) => Err(ScopeError::NoTenant),
+        }
+    }
+
+    /// A platform admin, optionally with a home tenant.
+    pub fn platform_admin(home: Option<TenantId>) -> Self {
+        Self(Scope::PlatformAdmin { home })
+    }
+
+    /// A caller scoped to `own` alone; refused for the reserved `anonymous` tenant.
+    pub fn tenant(own: TenantId) -> Result<Self, ScopeError> {
+        if own.as_str() == TenantId::ANONYMOUS {
+            return Err(ScopeError::ReservedTenant);
+        }
+        Ok(Self(Scope::Tenant(own)))
+    }
+
     /// Whether this caller may see and change policies of `tenant`.
     pub fn allows(&self, tenant: &PolicyTenant) -> bool {
-        match (self, tenant) {
-            (Self::PlatformAdmin { .. }, _) => true,
-            (Self::Tenant(own), PolicyTenant::Tenant(other)) => own == other,
-            (Self::Tenant(_), PolicyTenant::AllTenants) => false,
+        match (&self.0, tenant) {
+            (Scope::PlatformAdmin { .. }, _) => true,
+            (Scope::Tenant(own), PolicyTenant::Tenant(other)) => own == other,
+            (Scope::Tenant(_), PolicyTenant::AllTenants) => false,
         }
     }
 
     /// The tenant the SQL of a scoped query must filter by; `None` for a platform admin.
     pub fn tenant_filter(&self) -> Option<&TenantId> {
-        match self {
-            Self::PlatformAdmin { .. } => None,
-            Self::Tenant(own) => Some(own),
+        match &self.0 {
+            Scope::PlatformAdmin { .. } => None,
+            Scope::Tenant(own) => Some(own),
         }
     }
 
     /// The caller's own tenant, if it has one.
     pub fn home_tenant(&self) -> Option<&TenantId> {
-        match self {
-            Self::PlatformAdmin { home } => home.as_ref(),
-            Self::Tenant(own) => Some(own),
+        match &self.0 {
+            Scope::PlatformAdmin { home } => home.as_ref(),
+            Scope::Tenant(own) => Some(own),
         }
     }
 }
@@ -163,12 +207,35 @@ mod tests {
     #[test]
     fn tenant_scope_allows_only_its_own_tenant() {
         let acme = TenantId::parse("acme").unwrap();
-        let scope = TenantScope::Tenant(acme.clone());
+        let scope = TenantScope::tenant(acme.clone()).unwrap();
         assert!(scope.allows(&PolicyTenant::Tenant(acme)));
         assert!(!scope.allows(&PolicyTenant::parse("globex").unwrap()));
         assert!(!scope.allows(&PolicyTenant::AllTenants));
-        let admin = TenantScope::PlatformAdmin { home: None };
+        let admin = TenantScope::platform_admin(None);
         assert!(admin.allows(&PolicyTenant::AllTenants));
         assert!(admin.tenant_filter().is_none());
+    }
+
+    #[test]
+    fn anonymous_is_reserved_for_platform_admins() {
+        let anonymous = TenantId::anonymous();
+        assert_eq!(
+            TenantScope::from_claims(Some(anonymous.clone()), false),
+            Err(ScopeError::ReservedTenant)
+        );
+        assert!(
+            ScopeError::ReservedTenant
+                .to_string()
+                .contains("\"anonymous\" is reserved")
+        );
+        let admin = TenantScope::from_claims(Some(anonymous.clone()), true).unwrap();
+        assert!(admin.allows(&PolicyTenant::Tenant(anonymous)));
+        assert_eq!(
+            TenantScope::from_claims(None, false),
+            Err(ScopeError::NoTenant)
+        );
+        // Only the exact id is reserved.
+        let lookalike = TenantId::parse("Anonymous").unwrap();
+        assert!(TenantScope::from_claims(Some(lookalike), false).is_ok());
     }
 }

@@ -5,6 +5,10 @@
 //! Every method that serves an admin caller takes its [`TenantScope`] and filters by the scope's
 //! tenant in the SQL itself, so a tenant-scoped caller can never read or change another tenant's
 //! row, whatever the layer above does.
+//!
+//! `create` also enforces [`MaxPoliciesPerTenant`]: the count and the insert happen in one
+//! transaction that concurrent creates for the same tenant cannot both pass (PostgreSQL: a
+//! transaction-scoped advisory lock per tenant; SQLite: the single `BEGIN IMMEDIATE` writer).
 
 pub mod deadline;
 pub mod postgres;
@@ -16,7 +20,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     EndpointPattern, FieldViolation, Limits, NewPolicy, Policy, PolicyId, PolicyPatch,
-    PolicyTenant, TenantScope,
+    PolicyTenant, TenantScope, policy::MaxPoliciesPerTenant,
 };
 
 /// Why a store operation failed.
@@ -28,6 +32,9 @@ pub enum StoreError {
     /// The tenant already has a policy with that endpoint pattern.
     #[error("tenant {tenant} already has a policy for endpoint pattern {pattern:?}")]
     Conflict { tenant: String, pattern: String },
+    /// The tenant already holds the most policies `SLUICE_MAX_POLICIES_PER_TENANT` allows.
+    #[error("tenant {tenant} already has {limit} policies, the most allowed")]
+    PolicyLimit { tenant: String, limit: u32 },
     /// The caller's etag is not the policy's current one.
     #[error("etag {given:?} does not match the policy's current etag {current:?}")]
     EtagMismatch { given: String, current: String },
@@ -51,7 +58,9 @@ pub type ListCursor = Option<PolicyId>;
 /// Reads and writes policies.
 #[async_trait]
 pub trait PolicyStore: Send + Sync + 'static {
-    /// Inserts a new policy. The caller has already checked that its scope allows `new.tenant`.
+    /// Inserts a new policy unless `new.tenant` already holds the store's
+    /// [`MaxPoliciesPerTenant`] policies ([`StoreError::PolicyLimit`]). The caller has already
+    /// checked that its scope allows `new.tenant`.
     async fn create(&self, new: NewPolicy) -> Result<Policy, StoreError>;
 
     /// Reads one policy within the caller's scope.
@@ -92,6 +101,23 @@ pub trait PolicyStore: Send + Sync + 'static {
     /// The secret stored under `name`, shared by every instance on this database: the first
     /// caller's `candidate` (at least 32 random bytes) is kept, and every later caller gets that.
     async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+}
+
+/// `PolicyLimit` unless a tenant holding `existing` policies may create another under `cap`.
+/// Called inside the create transaction, after the store has serialised creates for the tenant.
+fn check_policy_cap(
+    tenant: &PolicyTenant,
+    existing: i64,
+    cap: MaxPoliciesPerTenant,
+) -> Result<(), StoreError> {
+    if cap.admits_another(u64::try_from(existing).unwrap_or(0)) {
+        Ok(())
+    } else {
+        Err(StoreError::PolicyLimit {
+            tenant: tenant.to_string(),
+            limit: cap.get(),
+        })
+    }
 }
 
 /// `EtagMismatch` unless `expected` is absent or the policy's current etag.

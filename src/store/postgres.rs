@@ -12,8 +12,14 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{ListCursor, PolicyStore, StoreError, StoredPolicy, check_etag, map_write_error};
-use crate::domain::{NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope};
+use super::{
+    ListCursor, PolicyStore, StoreError, StoredPolicy, check_etag, check_policy_cap,
+    map_write_error,
+};
+use crate::domain::{
+    NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope,
+    policy::MaxPoliciesPerTenant,
+};
 
 /// Migrations for PostgreSQL, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -21,6 +27,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/post
 /// The longest any one statement may run (or wait for a lock) inside PostgreSQL. Shorter than the
 /// admin path's per-call deadline, so a stalled statement normally fails in the database first.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// First key of the advisory lock that serialises creates for one tenant (the second is a hash of
+/// the tenant id). The two-key form lives apart from sqlx's one-key migration lock; the value
+/// is "SLPC" in ASCII, so a DBA reading `pg_locks` can tell it is Sluice's.
+const POLICY_CAP_LOCK_CLASS: i32 = 0x534C_5043;
 
 /// The NOTIFY channel every policy change is announced on.
 pub const POLICY_CHANNEL: &str = "sluice_policies";
@@ -37,6 +48,8 @@ macro_rules! columns {
 #[derive(Clone)]
 pub struct PgPolicyStore {
     pool: PgPool,
+    /// Checked by every create.
+    max_policies_per_tenant: MaxPoliciesPerTenant,
 }
 
 impl PgPolicyStore {
@@ -54,11 +67,22 @@ impl PgPolicyStore {
             .max_connections(10)
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
-        Self { pool }
+        Self::from_pool(pool)
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            max_policies_per_tenant: MaxPoliciesPerTenant::default(),
+        }
+    }
+
+    /// This store with another cap on policies per tenant (`SLUICE_MAX_POLICIES_PER_TENANT`).
+    pub fn with_max_policies_per_tenant(self, cap: MaxPoliciesPerTenant) -> Self {
+        Self {
+            max_policies_per_tenant: cap,
+            ..self
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -69,6 +93,30 @@ impl PgPolicyStore {
     /// lock, so several instances may start at once).
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
+    }
+
+    /// Refuses a create that would take `tenant` past the cap. The advisory lock, held until the
+    /// transaction ends, makes concurrent creates for one tenant take turns, so two of them can
+    /// never both count `cap - 1` and insert; creates for other tenants do not wait (a hash
+    /// collision only makes two tenants take turns). `lock_timeout` bounds the wait.
+    async fn check_policy_cap(
+        tx: &mut Transaction<'_, Postgres>,
+        tenant: &PolicyTenant,
+        cap: MaxPoliciesPerTenant,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(POLICY_CAP_LOCK_CLASS)
+            .bind(tenant.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        let existing: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM rate_policies WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(StoreError::Unavailable)?;
+        check_policy_cap(tenant, existing, cap)
     }
 
     async fn lock_scoped(
@@ -99,6 +147,7 @@ impl PolicyStore for PgPolicyStore {
         // INSERT still waits inside the database, the dropped transaction rolls back instead of
         // the row landing after the client was told UNAVAILABLE.
         let mut tx = self.pool.begin().await.map_err(StoreError::Unavailable)?;
+        Self::check_policy_cap(&mut tx, &new.tenant, self.max_policies_per_tenant).await?;
         let row: PolicyRow = sqlx::query_as(concat!(
             "INSERT INTO rate_policies \
              (id, tenant_id, endpoint_pattern, max_requests, window_seconds, burst_limit, enabled, shadow) \

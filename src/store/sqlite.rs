@@ -21,8 +21,14 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{ListCursor, PolicyStore, StoreError, StoredPolicy, check_etag, map_write_error};
-use crate::domain::{NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope};
+use super::{
+    ListCursor, PolicyStore, StoreError, StoredPolicy, check_etag, check_policy_cap,
+    map_write_error,
+};
+use crate::domain::{
+    NewPolicy, Policy, PolicyId, PolicyPatch, PolicyTenant, TenantScope,
+    policy::MaxPoliciesPerTenant,
+};
 
 /// Migrations for SQLite, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -47,6 +53,8 @@ pub struct SqlitePolicyStore {
     /// One connection: every write queues here.
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Checked by every create.
+    max_policies_per_tenant: MaxPoliciesPerTenant,
 }
 
 impl SqlitePolicyStore {
@@ -72,7 +80,19 @@ impl SqlitePolicyStore {
             .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            max_policies_per_tenant: MaxPoliciesPerTenant::default(),
+        })
+    }
+
+    /// This store with another cap on policies per tenant (`SLUICE_MAX_POLICIES_PER_TENANT`).
+    pub fn with_max_policies_per_tenant(self, cap: MaxPoliciesPerTenant) -> Self {
+        Self {
+            max_policies_per_tenant: cap,
+            ..self
+        }
     }
 
     /// Applies pending migrations (idempotent).
@@ -127,6 +147,15 @@ impl PolicyStore for SqlitePolicyStore {
         // A transaction, not autocommit: if the caller gives up (the store deadline) while the
         // INSERT still waits for the write lock, the dropped transaction rolls back.
         let mut tx = self.begin_write().await?;
+        // Counted inside the IMMEDIATE transaction on the one writer connection: no other
+        // create can insert between this count and our insert.
+        let existing: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM rate_policies WHERE tenant_id = ?1")
+                .bind(new.tenant.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::Unavailable)?;
+        check_policy_cap(&new.tenant, existing, self.max_policies_per_tenant)?;
         let row: PolicyRow = sqlx::query_as(concat!(
             "INSERT INTO rate_policies \
              (id, tenant_id, endpoint_pattern, max_requests, window_seconds, burst_limit, \

@@ -1,5 +1,6 @@
 //! JWT authentication through the real server: every way a token can be missing or wrong gives
-//! UNAUTHENTICATED with reason `UNAUTHENTICATED`; a public-key deployment accepts tokens signed
+//! UNAUTHENTICATED with reason `UNAUTHENTICATED`; a valid token scoped to the reserved
+//! `anonymous` tenant gives PERMISSION_DENIED; a public-key deployment accepts tokens signed
 //! with its private key and nothing else; PostgreSQL never runs without a key.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,8 +13,8 @@ use tonic::{Code, Request, Status};
 
 use crate::{
     helpers::{
-        TestApp, bearer, expect_error, jwt_fixture, new_policy, spawn_app, spawn_app_with,
-        try_spawn_app_on, with_authorization,
+        TestApp, bearer, expect_error, jwt_fixture, new_policy, sign_hs256, spawn_app,
+        spawn_app_with, try_spawn_app_on, with_authorization,
     },
     support,
 };
@@ -25,15 +26,6 @@ fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-fn hs256(secret: &[u8], claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .expect("sign HS256")
 }
 
 fn rs256(private_pem: &str, claims: &Value) -> String {
@@ -113,14 +105,14 @@ async fn bad_or_missing_tokens_are_unauthenticated_on_every_rpc() {
     let cases: Vec<(&str, Option<String>)> = vec![
         ("no authorization metadata", None),
         ("Basic scheme", Some("Basic YWNtZTpzZWNyZXQ=".into())),
-        ("token without a scheme", Some(hs256(&secret, &valid))),
+        ("token without a scheme", Some(sign_hs256(&secret, &valid))),
         ("empty bearer token", Some("Bearer ".into())),
         ("not a JWT", Some("Bearer not.a.jwt".into())),
         (
             "expired an hour ago",
             Some(format!(
                 "Bearer {}",
-                hs256(
+                sign_hs256(
                     &secret,
                     &json!({ "tenant_id": "acme", "exp": now() - 3600 })
                 )
@@ -130,7 +122,7 @@ async fn bad_or_missing_tokens_are_unauthenticated_on_every_rpc() {
             "signed with another secret",
             Some(format!(
                 "Bearer {}",
-                hs256(b"another-secret-that-is-32-bytes-long!", &valid)
+                sign_hs256(b"another-secret-that-is-32-bytes-long!", &valid)
             )),
         ),
         ("alg none", Some(format!("Bearer {}", unsigned(&valid)))),
@@ -138,21 +130,21 @@ async fn bad_or_missing_tokens_are_unauthenticated_on_every_rpc() {
             "no tenant_id and no admin role",
             Some(format!(
                 "Bearer {}",
-                hs256(&secret, &json!({ "exp": now() + 3600 }))
+                sign_hs256(&secret, &json!({ "exp": now() + 3600 }))
             )),
         ),
         (
             "no exp",
             Some(format!(
                 "Bearer {}",
-                hs256(&secret, &json!({ "tenant_id": "acme" }))
+                sign_hs256(&secret, &json!({ "tenant_id": "acme" }))
             )),
         ),
         (
             "not valid for another hour",
             Some(format!(
                 "Bearer {}",
-                hs256(
+                sign_hs256(
                     &secret,
                     &json!({ "tenant_id": "acme", "exp": now() + 7200, "nbf": now() + 3600 })
                 )
@@ -162,7 +154,7 @@ async fn bad_or_missing_tokens_are_unauthenticated_on_every_rpc() {
             "invalid tenant_id claim",
             Some(format!(
                 "Bearer {}",
-                hs256(&secret, &json!({ "tenant_id": "a b", "exp": now() + 3600 }))
+                sign_hs256(&secret, &json!({ "tenant_id": "a b", "exp": now() + 3600 }))
             )),
         ),
         (
@@ -201,11 +193,31 @@ async fn bad_or_missing_tokens_are_unauthenticated_on_every_rpc() {
 }
 
 #[tokio::test]
+async fn a_tenant_scoped_token_for_anonymous_is_permission_denied_on_every_rpc() {
+    // Arrange: a valid token the verifier accepts, for the reserved tenant without the role.
+    let app = spawn_app().await;
+    let anonymous = app.token_with_claims(json!({ "tenant_id": "anonymous" }));
+
+    // Act
+    let statuses = call_every_rpc(&app, Some(&format!("Bearer {anonymous}"))).await;
+
+    // Assert
+    for (rpc, status) in statuses {
+        crate::helpers::assert_status(&status, Code::PermissionDenied, "PERMISSION_DENIED");
+        assert!(
+            status.message().contains("\"anonymous\" is reserved"),
+            "{rpc}: {:?}",
+            status.message()
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_token_within_the_clock_skew_leeway_is_accepted() {
     // Arrange
     let app = spawn_app().await;
     let secret = app.hs256_secret().as_bytes().to_vec();
-    let just_expired = hs256(&secret, &json!({ "tenant_id": "acme", "exp": now() - 5 }));
+    let just_expired = sign_hs256(&secret, &json!({ "tenant_id": "acme", "exp": now() - 5 }));
 
     // Act
     let result = app.list(&just_expired, "", 0, "").await;

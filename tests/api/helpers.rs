@@ -177,6 +177,13 @@ impl TestApp {
         .unwrap_or_else(|err| panic!("minting a test token failed: {err}"))
     }
 
+    /// A one-hour HS256 token carrying exactly `claims` (plus `exp`), signed with this app's
+    /// secret: for claims `sluice token` refuses to mint, such as a tenant-scoped `anonymous`.
+    pub fn token_with_claims(&self, mut claims: serde_json::Value) -> String {
+        claims["exp"] = (chrono::Utc::now().timestamp() + 3600).into();
+        sign_hs256(self.hs256_secret.as_bytes(), &claims)
+    }
+
     /// A fresh client on the app's channel.
     pub fn client(&self) -> PolicyServiceClient<Channel> {
         self.client.clone()
@@ -228,6 +235,21 @@ impl TestApp {
             .update_policy(bearer(request, token))
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// `UpdatePolicy` of `max_requests` alone (named in the mask) on policy `id`.
+    pub async fn set_max_requests(
+        &self,
+        token: &str,
+        id: &str,
+        max_requests: u32,
+    ) -> Result<pb::Policy, Status> {
+        let policy = pb::Policy {
+            id: id.to_owned(),
+            max_requests,
+            ..Default::default()
+        };
+        self.update(token, policy, &["max_requests"]).await
     }
 
     /// `DeletePolicy`, with `etag` when not empty.
@@ -325,6 +347,16 @@ impl Drop for TestApp {
             server.abort();
         }
     }
+}
+
+/// `claims` signed with HS256 under `secret`, exactly as given.
+pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_else(|err| panic!("signing HS256 claims failed: {err}"))
 }
 
 /// `message` with `authorization: Bearer <token>` metadata.

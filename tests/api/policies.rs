@@ -1,11 +1,27 @@
 //! Every PolicyService RPC as the owning tenant, another tenant and a platform admin; create
-//! defaults; field validation; (tenant, pattern) conflicts; update masks and etags; delete.
+//! defaults; field validation; (tenant, pattern) conflicts; update masks and etags; delete; the
+//! reserved `anonymous` tenant; the cap on policies per tenant.
 
+use serde_json::json;
 use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{expect_error, new_policy, spawn_app, spawn_app_with, violation_fields};
-use sluice::proto::sluice::admin::v1 as pb;
+use sluice::{
+    domain::policy::MaxPoliciesPerTenant,
+    proto::{
+        envoy::{
+            extensions::common::ratelimit::v3::{
+                RateLimitDescriptor, rate_limit_descriptor::Entry,
+            },
+            service::ratelimit::v3::{
+                RateLimitRequest, rate_limit_response::Code as RlsCode,
+                rate_limit_service_client::RateLimitServiceClient,
+            },
+        },
+        sluice::admin::v1 as pb,
+    },
+};
 
 const NOT_FOUND: &str = "RATE_POLICY_NOT_FOUND";
 const CONFLICT: &str = "RATE_POLICY_CONFLICT";
@@ -97,16 +113,7 @@ async fn another_tenants_policy_is_not_found_exactly_like_a_random_id() {
     for id in [&theirs.id, &random] {
         let get = expect_error(app.get(&globex, id).await, Code::NotFound, NOT_FOUND);
         let update = expect_error(
-            app.update(
-                &globex,
-                pb::Policy {
-                    id: id.clone(),
-                    max_requests: 1,
-                    ..Default::default()
-                },
-                &["max_requests"],
-            )
-            .await,
+            app.set_max_requests(&globex, id, 1).await,
             Code::NotFound,
             NOT_FOUND,
         );
@@ -166,15 +173,7 @@ async fn a_platform_admin_acts_on_every_tenant_and_on_default_policies() {
     let fetched = app.get(&admin, &for_globex.id).await.expect("get");
     assert_eq!(fetched, for_globex);
     let updated = app
-        .update(
-            &admin,
-            pb::Policy {
-                id: for_globex.id.clone(),
-                max_requests: 99,
-                ..Default::default()
-            },
-            &["max_requests"],
-        )
+        .set_max_requests(&admin, &for_globex.id, 99)
         .await
         .expect("update");
     assert_eq!(updated.max_requests, 99);
@@ -685,17 +684,7 @@ async fn an_update_with_nothing_to_change_or_a_bad_id_is_invalid() {
             &[],
         )
         .await;
-    let bad_id = app
-        .update(
-            &acme,
-            pb::Policy {
-                id: "not-a-uuid".into(),
-                max_requests: 3,
-                ..Default::default()
-            },
-            &["max_requests"],
-        )
-        .await;
+    let bad_id = app.set_max_requests(&acme, "not-a-uuid", 3).await;
     let bad_get = app.get(&acme, "not-a-uuid").await;
 
     // Assert
@@ -905,15 +894,7 @@ async fn delete_checks_the_etag_then_the_policy_is_gone() {
     let acme = app.token("acme");
     let created = app.create_ok(&acme, new_policy("acme", "/v1/**", 10)).await;
     let updated = app
-        .update(
-            &acme,
-            pb::Policy {
-                id: created.id.clone(),
-                max_requests: 11,
-                ..Default::default()
-            },
-            &["max_requests"],
-        )
+        .set_max_requests(&acme, &created.id, 11)
         .await
         .expect("update");
 
@@ -1001,4 +982,150 @@ async fn requests_missing_their_policy_or_with_a_bad_filter_are_invalid() {
     assert_eq!(violation_fields(&status), ["policy"]);
     let status = expect_error(list, Code::InvalidArgument, INVALID);
     assert_eq!(violation_fields(&status), ["tenant_id"]);
+}
+
+#[tokio::test]
+async fn only_a_platform_admin_manages_the_anonymous_tenants_policies() {
+    // Arrange
+    let app = spawn_app().await;
+    let admin = app.admin_token();
+    let anonymous = app.token_with_claims(json!({ "tenant_id": "anonymous" }));
+    let created = app
+        .create_ok(&admin, new_policy("anonymous", "/public/**", 10))
+        .await;
+
+    // Act: the tenant-scoped `anonymous` token tries every RPC on that policy
+    let mut takeover = new_policy("anonymous", "/**", 1_000_000);
+    takeover.shadow = true;
+    let denied = [
+        ("create", app.create(&anonymous, takeover).await.map(|_| ())),
+        ("get", app.get(&anonymous, &created.id).await.map(|_| ())),
+        (
+            "update",
+            app.set_max_requests(&anonymous, &created.id, 1_000_000)
+                .await
+                .map(|_| ()),
+        ),
+        ("delete", app.delete(&anonymous, &created.id, "").await),
+        (
+            "list",
+            app.list(&anonymous, "anonymous", 0, "").await.map(|_| ()),
+        ),
+    ];
+
+    // Assert: each refused as reserved, and the policy is untouched
+    for (rpc, result) in denied {
+        let status = expect_error(result, Code::PermissionDenied, PERMISSION_DENIED);
+        assert!(
+            status.message().contains("\"anonymous\" is reserved"),
+            "{rpc}: {:?}",
+            status.message()
+        );
+    }
+    assert_eq!(app.get(&admin, &created.id).await.expect("get"), created);
+
+    // Act + assert: the platform admin updates, lists and deletes it
+    let updated = app
+        .set_max_requests(&admin, &created.id, 20)
+        .await
+        .expect("update");
+    assert_eq!(updated.max_requests, 20);
+    let listed = app.list(&admin, "anonymous", 0, "").await.expect("list");
+    assert_eq!(listed.policies, vec![updated.clone()]);
+    app.delete(&admin, &created.id, &updated.etag)
+        .await
+        .expect("delete");
+    expect_error(
+        app.get(&admin, &created.id).await,
+        Code::NotFound,
+        NOT_FOUND,
+    );
+}
+
+#[tokio::test]
+async fn the_default_policy_still_governs_traffic_without_a_tenant() {
+    // Arrange: the platform's `*` default, and an `anonymous` token trying to override it
+    let app = spawn_app().await;
+    let default = app
+        .create_ok(&app.admin_token(), new_policy("*", "/**", 2))
+        .await;
+    let anonymous = app.token_with_claims(json!({ "tenant_id": "anonymous" }));
+    let mut takeover = new_policy("anonymous", "/**", 1_000_000);
+    takeover.shadow = true;
+    let refused = app.create(&anonymous, takeover).await;
+    let no_tenant = RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "path".into(),
+                value: "/v1/orders".into(),
+            }],
+            ..Default::default()
+        }],
+        hits_addend: 0,
+    };
+    let mut rls = RateLimitServiceClient::new(app.channel.clone());
+
+    // Act
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let response = rls
+            .should_rate_limit(no_tenant.clone())
+            .await
+            .expect("ShouldRateLimit")
+            .into_inner();
+        answers.push(response);
+    }
+
+    // Assert
+    expect_error(refused, Code::PermissionDenied, PERMISSION_DENIED);
+    let codes: Vec<i32> = answers.iter().map(|r| r.overall_code).collect();
+    assert_eq!(
+        codes,
+        [
+            RlsCode::Ok as i32,
+            RlsCode::Ok as i32,
+            RlsCode::OverLimit as i32
+        ]
+    );
+    let limit = answers[0].statuses[0]
+        .current_limit
+        .as_ref()
+        .expect("the matched limit");
+    assert_eq!(limit.name, default.id);
+}
+
+#[tokio::test]
+async fn creating_past_the_policy_cap_is_resource_exhausted() {
+    // Arrange: a cap of two policies per tenant
+    let app = spawn_app_with(|settings| {
+        settings.max_policies_per_tenant = MaxPoliciesPerTenant::new(2).expect("cap");
+    })
+    .await;
+    let acme = app.token("acme");
+    let admin = app.admin_token();
+    app.create_ok(&acme, new_policy("acme", "/a", 10)).await;
+    let mut disabled = new_policy("acme", "/b", 10);
+    disabled.enabled = Some(false);
+    app.create_ok(&acme, disabled).await;
+
+    // Act
+    let third = app.create(&acme, new_policy("acme", "/c", 10)).await;
+    let third_by_admin = app.create(&admin, new_policy("acme", "/c", 10)).await;
+    let other_tenant = app.create(&admin, new_policy("globex", "/c", 10)).await;
+
+    // Assert
+    for result in [third, third_by_admin] {
+        let status = expect_error(result, Code::ResourceExhausted, "RATE_POLICY_LIMIT");
+        let message = status.message();
+        assert!(
+            message.contains("tenant acme") && message.contains("2 policies"),
+            "{message:?}"
+        );
+        let info = tonic_types::StatusExt::get_details_error_info(&status).expect("ErrorInfo");
+        assert_eq!(info.metadata.get("limit").map(String::as_str), Some("2"));
+    }
+    other_tenant.expect("another tenant is unaffected");
+    let stored = app.list(&acme, "", 0, "").await.expect("list").policies;
+    assert_eq!(stored.len(), 2, "the refused creates wrote nothing");
 }
