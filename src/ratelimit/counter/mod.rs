@@ -23,7 +23,9 @@ mod memory;
 mod redis;
 
 pub use memory::InMemoryCounter;
-pub use redis::{DEFAULT_COMMAND_TIMEOUT, RedisCounter};
+pub use redis::{
+    DEFAULT_COMMAND_TIMEOUT, FirstConnect, RedisCounter, RedisHealth, RedisStartError, RedisState,
+};
 
 use async_trait::async_trait;
 
