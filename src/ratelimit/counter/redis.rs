@@ -93,7 +93,8 @@ pub struct RedisCounter {
     /// Namespaces Sluice's keys in a shared Redis, and each test's keys in the test server.
     key_prefix: String,
     /// Whether Redis answers, for `/readyz` and `sluice_redis_up`; kept current by the task
-    /// [`RedisCounter::start`] spawns, which ends once the counter (its only owner) is dropped.
+    /// [`RedisCounter::start`] spawns, which ends once the counter and every handle from
+    /// [`RedisCounter::health`] are dropped.
     health: Arc<RedisHealth>,
 }
 
