@@ -1,5 +1,10 @@
 //! The HTTP listener: `GET /metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (policies are loaded and the service is not shutting down).
+//! `/readyz` (policies are loaded and the service is not shutting down; the body also says
+//! whether the counter store answers).
+//!
+//! Readiness deliberately ignores Redis: while Redis is down Sluice still answers every check
+//! (per `SLUICE_FAILURE_MODE`), and taking every instance out of the load balancer would turn a
+//! Redis outage into connection errors for Envoy (docs/operations.md).
 
 use std::sync::{
     Arc,
@@ -8,7 +13,7 @@ use std::sync::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::telemetry::Metrics;
+use crate::{ratelimit::counter::RedisHealth, telemetry::Metrics};
 
 /// Whether this instance should receive traffic: set once the first policy load succeeded,
 /// cleared when shutdown begins.
@@ -25,19 +30,44 @@ impl Readiness {
     }
 }
 
+/// The counter store, as `/readyz` reports it.
+#[derive(Clone)]
+pub enum CounterStore {
+    /// In-process counters: nothing to be up or down.
+    InProcess,
+    /// Redis, with its health as the counter's background ping last saw it.
+    Redis(Arc<RedisHealth>),
+}
+
+impl CounterStore {
+    /// The `/readyz` line about the counters: `redis: up|down|connecting` or
+    /// `counters: in-process`.
+    fn status_line(&self) -> String {
+        match self {
+            CounterStore::InProcess => "counters: in-process\n".to_owned(),
+            CounterStore::Redis(health) => format!("redis: {}\n", health.state().as_str()),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct HttpState {
     metrics: Metrics,
     readiness: Readiness,
+    counters: CounterStore,
 }
 
 /// The HTTP routes.
-pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
+pub fn router(metrics: Metrics, readiness: Readiness, counters: CounterStore) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(HttpState { metrics, readiness })
+        .with_state(HttpState {
+            metrics,
+            readiness,
+            counters,
+        })
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
@@ -50,13 +80,15 @@ async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
+/// 200 `ready` or 503 `not ready: …`, then the counter line, e.g. `ready\nredis: down\n`.
 async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
+    let counters = state.counters.status_line();
     if state.readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, format!("ready\n{counters}"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: policies not loaded yet, or shutting down\n",
+            format!("not ready: policies not loaded yet, or shutting down\n{counters}"),
         )
     }
 }

@@ -48,8 +48,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line naming the problem; no backtrace.
-            eprintln!("sluice: {err}");
+            // One line naming the problem, each cause once; no backtrace.
+            eprintln!("sluice: {}", telemetry::error_chain(&err));
             ExitCode::FAILURE
         }
     }

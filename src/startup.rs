@@ -1,6 +1,8 @@
-//! Builds the [`Application`] from [`Settings`]: the policy store, the JWT verifier, both
-//! listeners (bound at build time, so port 0 works for tests), the gRPC services, health,
-//! reflection and the policy-refresh task; then runs it until a shutdown signal.
+//! Builds the [`Application`] from [`Settings`]: the policy store, the JWT verifier, the counter
+//! (a Redis that does not answer yet does not stop start-up; one that refuses a setting does),
+//! both listeners (bound at build time, so port 0 works for tests), the gRPC services, health,
+//! reflection and the policy-refresh task; then runs it until a shutdown signal. Every
+//! [`StartupError`] names the setting at fault.
 //!
 //! Shutdown order: health NOT_SERVING and `/readyz` 503 → stop accepting → drain in-flight
 //! calls → stop background tasks.
@@ -19,14 +21,16 @@ use crate::{
         service::{PolicyAdmin, PolicyChangeHook},
     },
     domain::Policy,
-    http::{Readiness, router},
+    http::{CounterStore, Readiness, router},
     policy_refresh::PolicyRefresher,
     proto::{
         self, envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer,
         sluice::admin::v1::policy_service_server::PolicyServiceServer,
     },
     ratelimit::{
-        counter::{InMemoryCounter, RedisCounter, SlidingWindowCounter},
+        counter::{
+            FirstConnect, InMemoryCounter, RedisCounter, RedisStartError, SlidingWindowCounter,
+        },
         request::{DescriptorKeys, MAX_REQUEST_BYTES},
         service::{RateLimiter, RateLimiterConfig},
         snapshot::{PolicySnapshot, SharedSnapshot},
@@ -57,41 +61,81 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("REDIS_URL: {0}")]
-    Redis(String),
+    /// `setting` is `REDIS_URL`, or `REDIS_PASSWORD` when that password was refused.
+    #[error("{setting}: {reason}")]
+    Redis {
+        setting: &'static str,
+        reason: String,
+    },
     #[error("{0}")]
     Serve(String),
 }
 
-/// The counter `REDIS_URL` selects: Redis when set, else in-process.
+/// The counter `REDIS_URL` selects, and how `/readyz` reports it.
+pub struct OpenedCounter {
+    pub counter: Arc<dyn SlidingWindowCounter>,
+    pub store: CounterStore,
+}
+
+/// The counter `REDIS_URL` selects: Redis when set, else in-process. A Redis that does not
+/// answer yet does not stop start-up — checks answer per `SLUICE_FAILURE_MODE` until it does —
+/// but a URL, password or certificate Redis refuses does. With Redis, registers
+/// `sluice_redis_up` in `metrics`.
 pub async fn open_counter(
     settings: &Settings,
-) -> Result<Arc<dyn SlidingWindowCounter>, StartupError> {
-    match &settings.redis_url {
-        Some(url) => {
-            let counter = RedisCounter::connect(
-                url.expose(),
-                settings.redis_password.as_ref().map(|p| p.expose()),
-                settings.redis_pool_size as usize,
-                &settings.redis_key_prefix,
-            )
-            .await
-            .map_err(|err| StartupError::Redis(error_chain(&err)))?;
-            // A command fred still holds after our deadline must not be sent later and counted.
-            counter.set_command_timeout(settings.redis_timeout());
-            tracing::info!(counter = "redis", prefix = %settings.redis_key_prefix, "counters: Redis (shared by every instance on it)");
-            Ok(Arc::new(counter))
-        }
-        None => {
-            tracing::warn!(
-                counter = "in-process",
-                max_keys = settings.memory_max_keys,
-                "counters: in-process (REDIS_URL unset), at most {} (SLUICE_MEMORY_MAX_KEYS) — limits are per instance; set REDIS_URL to share them",
-                settings.memory_max_keys
-            );
-            Ok(Arc::new(InMemoryCounter::new(settings.memory_max_keys)))
-        }
+    metrics: &Metrics,
+) -> Result<OpenedCounter, StartupError> {
+    let Some(url) = &settings.redis_url else {
+        tracing::warn!(
+            counter = "in-process",
+            max_keys = settings.memory_max_keys,
+            "counters: in-process (REDIS_URL unset), at most {} (SLUICE_MEMORY_MAX_KEYS) — limits are per instance; set REDIS_URL to share them",
+            settings.memory_max_keys
+        );
+        return Ok(OpenedCounter {
+            counter: Arc::new(InMemoryCounter::new(settings.memory_max_keys)),
+            store: CounterStore::InProcess,
+        });
+    };
+    let password = settings.redis_password.as_ref().map(|p| p.expose());
+    let (counter, first) = RedisCounter::start(
+        url.expose(),
+        password,
+        settings.redis_pool_size as usize,
+        &settings.redis_key_prefix,
+    )
+    .await
+    .map_err(|err| StartupError::Redis {
+        setting: match err {
+            RedisStartError::Credentials(_) if password.is_some() => "REDIS_PASSWORD",
+            _ => "REDIS_URL",
+        },
+        reason: err.to_string(),
+    })?;
+    // A command fred still holds after our deadline must not be sent later and counted.
+    counter.set_command_timeout(settings.redis_timeout());
+    let health = counter.health();
+    health.report_to(metrics.register_redis_up());
+    match first {
+        FirstConnect::Connected => tracing::info!(
+            counter = "redis",
+            redis = "up",
+            prefix = %settings.redis_key_prefix,
+            "counters: Redis (shared by every instance on it)"
+        ),
+        FirstConnect::Unreachable(err) => tracing::warn!(
+            counter = "redis",
+            redis = "connecting",
+            prefix = %settings.redis_key_prefix,
+            failure_mode = ?settings.failure_mode,
+            error = %error_chain(&err),
+            "counters: Redis (shared by every instance on it), not answering yet: checks answer per SLUICE_FAILURE_MODE until it does"
+        ),
     }
+    Ok(OpenedCounter {
+        counter: Arc::new(counter),
+        store: CounterStore::Redis(health),
+    })
 }
 
 /// The policy store chosen by `DATABASE_URL`, with what the refresh task needs of it.
@@ -111,6 +155,9 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> Result<OpenedStor
                 PgConnectOptions::from_str(settings.database_url.expose()).map_err(|err| {
                     StartupError::Database(format!("not a valid PostgreSQL URL: {err}"))
                 })?;
+            if migrate {
+                first_connection(&options).await?;
+            }
             let store = PgPolicyStore::connect_lazy(options, DB_ACQUIRE_TIMEOUT)
                 .with_max_policies_per_tenant(settings.max_policies_per_tenant);
             if migrate {
@@ -160,6 +207,31 @@ pub async fn open_store(settings: &Settings, migrate: bool) -> Result<OpenedStor
                 kind,
             })
         }
+    }
+}
+
+/// One direct connection before the pool's first use: a pool that cannot connect only says it
+/// timed out, a connection says why (refused, no such database, password refused).
+async fn first_connection(options: &PgConnectOptions) -> Result<(), StartupError> {
+    use sqlx::Connection;
+    match tokio::time::timeout(
+        DB_ACQUIRE_TIMEOUT,
+        sqlx::PgConnection::connect_with(options),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Ok(Err(err)) => Err(StartupError::Database(format!(
+            "cannot connect: {}",
+            error_chain(&err)
+        ))),
+        Err(_) => Err(StartupError::Database(format!(
+            "cannot connect: no answer within {} s",
+            DB_ACQUIRE_TIMEOUT.as_secs()
+        ))),
     }
 }
 
@@ -264,6 +336,7 @@ pub struct Application {
     verifier: Arc<JwtVerifier>,
     metrics: Metrics,
     readiness: Readiness,
+    counter_store: CounterStore,
     refresher: Arc<PolicyRefresher>,
     shutdown_grace: Duration,
 }
@@ -279,11 +352,11 @@ impl Application {
             Arc::new(DeadlineStore::new(opened.store, STORE_CALL_TIMEOUT));
         let page_tokens = PageTokenCodec::new(&page_token_key(store.as_ref()).await?);
         let metrics = Metrics::new();
-        let counter = open_counter(&settings).await?;
+        let counters = open_counter(&settings, &metrics).await?;
         let snapshot = Arc::new(SharedSnapshot::new());
         let rate_limiter = RateLimiter::new(
             snapshot.clone(),
-            counter,
+            counters.counter,
             RateLimiterConfig {
                 keys: DescriptorKeys {
                     tenant: settings.tenant_key.clone(),
@@ -329,6 +402,7 @@ impl Application {
             verifier,
             metrics,
             readiness: Readiness::default(),
+            counter_store: counters.store,
             refresher,
             shutdown_grace: settings.shutdown_grace(),
         })
@@ -443,8 +517,11 @@ impl Application {
                 TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
                 wait_for(servers_stop_rx.clone()),
             );
-        let http = axum::serve(self.http_listener, router(self.metrics.clone(), readiness))
-            .with_graceful_shutdown(wait_for(servers_stop_rx));
+        let http = axum::serve(
+            self.http_listener,
+            router(self.metrics.clone(), readiness, self.counter_store),
+        )
+        .with_graceful_shutdown(wait_for(servers_stop_rx));
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "sluice is serving");
 
         // Drain, but not forever: a long-lived stream (a client's health Watch, say) never ends

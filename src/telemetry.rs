@@ -336,6 +336,21 @@ impl Metrics {
         }
     }
 
+    /// Registers `sluice_redis_up` (1 while Redis answers, else 0) and returns it. Only an
+    /// instance counting in Redis has the series: with in-process counters there is no Redis
+    /// to be up or down, and a constant would only mislead alerts. Call it once.
+    pub fn register_redis_up(&self) -> IntGauge {
+        let gauge = IntGauge::new(
+            "sluice_redis_up",
+            "1 while the Redis counter store answers, 0 while it does not (or not yet)",
+        )
+        .expect("valid metric");
+        if let Err(err) = self.registry.register(Box::new(gauge.clone())) {
+            tracing::warn!(error = %err, "sluice_redis_up registered twice; keeping the first");
+        }
+        gauge
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         TextEncoder::new()
@@ -467,21 +482,104 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// `err` and all its sources, joined with ": ".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
+/// `err` and its sources as one line, joined with ": ", each cause stated once: a source whose
+/// text the line already holds (many errors repeat their source in their own message) is left
+/// out, and PostgreSQL's `at line N` — the line of *its* C source that raised the error, noise to
+/// an operator — is dropped.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut noisy_texts = Vec::new();
+    let mut next = Some(err);
+    while let Some(error) = next {
+        let text = error.to_string();
+        noisy_texts.extend(without_source_location(error));
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = error.source();
     }
-    out
+    for (noisy, clean) in noisy_texts {
+        line = line.replace(&noisy, &clean);
+    }
+    line
+}
+
+/// For an error that carries a server-side source location in its text, that text and the
+/// text without it. sqlx shows PostgreSQL's as `<message> at line <n>`.
+fn without_source_location(error: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+    let sqlx::Error::Database(database) = error.downcast_ref::<sqlx::Error>()? else {
+        return None;
+    };
+    let (noisy, clean) = (database.to_string(), database.message().to_owned());
+    (noisy != clean).then_some((noisy, clean))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer {
+        text: String,
+        source: Option<Box<Layer>>,
+    }
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.text)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.source.as_deref().map(|s| s as _)
+        }
+    }
+
+    /// An error chain with these texts, outermost first.
+    fn chain(texts: &[&str]) -> Layer {
+        let mut inner: Option<Box<Layer>> = None;
+        for text in texts.iter().rev() {
+            inner = Some(Box::new(Layer {
+                text: (*text).to_owned(),
+                source: inner,
+            }));
+        }
+        *inner.expect("at least one text")
+    }
+
+    #[test]
+    fn error_chain_states_each_cause_once() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["a", "b", "c"], "a: b: c"),
+            // sqlx: the message embeds its source's, which embeds its own.
+            (
+                &[
+                    "while executing migrations: error returned from database: boom",
+                    "error returned from database: boom",
+                    "boom",
+                ],
+                "while executing migrations: error returned from database: boom",
+            ),
+            (
+                &[
+                    "pool timed out while waiting for an open connection",
+                    "pool timed out while waiting for an open connection",
+                ],
+                "pool timed out while waiting for an open connection",
+            ),
+            (
+                &["cannot reach the counter store", "IO Error: refused"],
+                "cannot reach the counter store: IO Error: refused",
+            ),
+        ];
+        for (texts, expected) in cases {
+            assert_eq!(error_chain(&chain(texts)), *expected, "{texts:?}");
+        }
+    }
 
     #[test]
     fn exports_every_spec_series() {

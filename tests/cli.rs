@@ -1,8 +1,10 @@
 //! The `sluice` binary as an operator meets it: `--version`, one clear line for a wrong setting,
 //! a clean exit on SIGTERM, the start-up lines naming the store and the counter, where SQLite
 //! URLs put the database and its generated secret, policy changes on the embedded default taking
-//! effect at once, the in-process counter's key cap, and `rediss://` against a TLS Redis whose
-//! certificate comes from a private CA.
+//! effect at once, the in-process counter's key cap, `rediss://` against a TLS Redis whose
+//! certificate comes from a private CA, start-up error lines that state each cause once, and Redis
+//! availability: starting while Redis is down, and counting again within a second of Redis
+//! answering after an outage.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -72,6 +74,33 @@ fn version_names_the_binary() {
     );
 }
 
+/// Runs `sluice serve` in `dir` with `env` (both listeners on port 0 unless `env` names them),
+/// insists that start-up stopped with one line (log lines are JSON; the error line is not), no
+/// panic and no backtrace; that line.
+fn failed_start_up_line(dir: &Path, env: &[(&str, &str)]) -> String {
+    let output = sluice()
+        .current_dir(dir)
+        .env("SLUICE_GRPC_ADDR", "127.0.0.1:0")
+        .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "{env:?}: started anyway: {stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with('{')).collect();
+    assert_eq!(errors.len(), 1, "{env:?}: {stderr}");
+    assert!(errors[0].starts_with("sluice: "), "{env:?}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    errors[0].to_owned()
+}
+
 #[test]
 fn a_wrong_setting_stops_start_up_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,32 +129,141 @@ fn a_wrong_setting_stops_start_up_with_one_line_naming_it() {
         (&[("DATABASE_URL", "sqlite::memory:")], "DATABASE_URL"),
     ];
     for (env, name) in cases {
-        let output = sluice()
-            .current_dir(dir.path())
-            .envs(env.iter().copied())
-            .env(
-                "SLUICE_GRPC_ADDR",
-                env.iter()
-                    .find(|(k, _)| *k == "SLUICE_GRPC_ADDR")
-                    .map_or("127.0.0.1:0", |(_, v)| v),
-            )
-            .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(!output.status.success(), "{name}: started anyway");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        // Log lines are JSON; the one error line is not.
-        let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with('{')).collect();
-        assert_eq!(errors.len(), 1, "{name}: {stderr}");
+        let line = failed_start_up_line(dir.path(), env);
+        assert!(line.contains(name), "{name}: {line}");
+    }
+}
+
+/// Environment variables for one run of the binary.
+type Environment = Vec<(&'static str, String)>;
+
+/// The start-up failures an operator meets most — a database that refuses or is not there, a
+/// Redis URL or password that cannot work, an unreadable key file, a port in use — each end
+/// start-up with one line naming the setting and stating its cause once, without the source
+/// locations some errors carry (PostgreSQL's `at line 948`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_error_lines_state_their_cause_once() {
+    // Arrange
+    let admin = support::postgres_admin_url().await;
+    let server = admin
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("the admin URL names user@host:port")
+        .to_owned();
+    let redis_password = "the-right-redis-password";
+    let redis = support::OwnedRedis::start_with_password(redis_password).await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().display().to_string();
+    let secret = (
+        "SLUICE_JWT_HS256_SECRET",
+        "a-test-secret-that-is-long-enough-for-hs256",
+    );
+    let closed_port = support::free_port();
+    // (environment, the setting the line must name, a word of the cause it must state)
+    let cases: Vec<(Environment, &str, &str)> = vec![
+        (
+            vec![(
+                "DATABASE_URL",
+                format!("postgres://sluice:pw@127.0.0.1:{closed_port}/sluice"),
+            )],
+            "DATABASE_URL",
+            "refused",
+        ),
+        (
+            vec![(
+                "DATABASE_URL",
+                format!("postgres://sluice_no_such_role:wrong-password@{server}/postgres"),
+            )],
+            "DATABASE_URL",
+            "sluice_no_such_role",
+        ),
+        (
+            vec![(
+                "DATABASE_URL",
+                format!(
+                    "{}/sluice_no_such_database",
+                    admin.rsplit_once('/').unwrap().0
+                ),
+            )],
+            "DATABASE_URL",
+            "does not exist",
+        ),
+        (
+            vec![("DATABASE_URL", "mysql://db/x".into())],
+            "DATABASE_URL",
+            "postgres://",
+        ),
+        (
+            vec![("REDIS_URL", "http://not-redis".into())],
+            "REDIS_URL",
+            "scheme",
+        ),
+        (
+            vec![("REDIS_URL", "redis://127.0.0.1:notaport".into())],
+            "REDIS_URL",
+            "not a usable Redis URL",
+        ),
+        (
+            vec![
+                ("REDIS_URL", redis.url.clone()),
+                ("REDIS_PASSWORD", "wrong-password".into()),
+            ],
+            "REDIS_PASSWORD",
+            "WRONGPASS",
+        ),
+        (
+            vec![(
+                "REDIS_URL",
+                format!("redis://:wrong-password@127.0.0.1:{}", redis.port),
+            )],
+            "REDIS_URL",
+            "WRONGPASS",
+        ),
+        (
+            vec![("REDIS_URL", redis.url.clone())],
+            "REDIS_URL",
+            "NOAUTH",
+        ),
+        (
+            vec![("SLUICE_JWT_PUBLIC_KEYS", key_dir)],
+            "SLUICE_JWT_PUBLIC_KEYS",
+            "directory",
+        ),
+        (
+            vec![("SLUICE_GRPC_ADDR", busy)],
+            "SLUICE_GRPC_ADDR",
+            "in use",
+        ),
+    ];
+
+    for (mut env, setting, cause) in cases {
+        // Act
+        env.push((secret.0, secret.1.to_owned()));
+        let dir = dir.path().to_owned();
+        let line = tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            failed_start_up_line(&dir, &env)
+        })
+        .await
+        .unwrap();
+
+        // Assert
         assert!(
-            errors[0].starts_with("sluice: ") && errors[0].contains(name),
-            "{name}: {stderr}"
+            line.contains(setting) && line.contains(cause),
+            "{setting}: {line}"
         );
+        assert!(!line.contains("at line"), "{setting}: {line}");
         assert!(
-            !stderr.contains("panicked") && !stderr.contains("backtrace"),
-            "{stderr}"
+            !line.contains("wrong-password") && !line.contains(redis_password),
+            "a password in {line}"
         );
+        // No part of the line comes back later in it.
+        let parts: Vec<&str> = line.split(": ").filter(|p| p.len() >= 12).collect();
+        for part in &parts {
+            assert_eq!(line.matches(part).count(), 1, "{part:?} repeats in {line}");
+        }
     }
 }
 
@@ -260,6 +398,7 @@ fn sqlite_urls_put_the_database_and_its_secret_where_they_say() {
 struct Served {
     child: Child,
     grpc: SocketAddr,
+    http_port: u16,
     log: PathBuf,
     dir: PathBuf,
 }
@@ -286,6 +425,7 @@ impl Served {
         let mut served = Served {
             child,
             grpc,
+            http_port,
             log,
             dir: dir.to_owned(),
         };
@@ -336,6 +476,39 @@ impl Served {
             "sluice token",
         );
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `GET path` on the HTTP listener: the status code and the body.
+    fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of the unlabelled series `name` on `/metrics`, if it is there.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.http_get("/metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
     fn channel(&self) -> Channel {
@@ -816,6 +989,169 @@ async fn rediss_counts_in_a_tls_redis_whose_private_ca_is_given_by_ssl_cert_file
         .find(|l| !l["counter"].is_null())
         .expect("a counter line");
     assert_eq!(counter_line["counter"], "redis");
+}
+
+/// `Served::start` on a blocking thread, in a new temporary directory (returned with it).
+async fn serve_in_new_dir(env: Environment) -> (tempfile::TempDir, Served) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let served = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Served::start(&path, &env)
+    })
+    .await
+    .unwrap();
+    (dir, served)
+}
+
+/// Checks `tenant` until one gets a counted decision (a limit reported); how long that took.
+/// Fails after `limit`.
+async fn until_counted(served: &Served, tenant: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let answer = should_rate_limit(&served.channel(), get_orders(tenant)).await;
+        if answer.is_ok_and(|response| response.statuses[0].current_limit.is_some()) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not counting {limit:?} after Redis answered:\n{}",
+            served.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (at most 5 s: the health ping runs every 500 ms) until `/metrics` shows
+/// `sluice_redis_up` = `value`.
+async fn until_redis_up_is(served: &Served, value: f64) {
+    let started = Instant::now();
+    while served.metric("sluice_redis_up") != Some(value) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "sluice_redis_up never became {value}: {:?}",
+            served.metric("sluice_redis_up")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A restart during a Redis outage must not be a crash loop: Sluice starts, is ready, answers per
+/// `SLUICE_FAILURE_MODE` and says Redis is not there yet; once Redis answers it counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_while_redis_is_down_it_answers_per_the_failure_mode_then_counts() {
+    // Arrange: a port with no Redis on it; one instance per failure mode, a limit of 3 for
+    // every tenant
+    let mut redis = support::OwnedRedis::not_started();
+    let mut instances = Vec::new();
+    for mode in ["open", "unavailable"] {
+        let (dir, served) = serve_in_new_dir(vec![
+            ("REDIS_URL", redis.url.clone()),
+            ("SLUICE_FAILURE_MODE", mode.to_owned()),
+            ("SLUICE_REDIS_KEY_PREFIX", support::unique_redis_prefix()),
+        ])
+        .await;
+        let token = served.token(&["--role", "platform-admin"]);
+        create_policy(&served.channel(), &token, "*", "/**", 3).await;
+        instances.push((mode, dir, served));
+    }
+
+    // Act 1 and assert: Redis down
+    for (mode, _, served) in &instances {
+        assert_eq!(
+            served.http_get("/readyz"),
+            (200, "ready\nredis: connecting\n".to_owned()),
+            "{mode}"
+        );
+        assert_eq!(served.metric("sluice_redis_up"), Some(0.0), "{mode}");
+        let answer = should_rate_limit(&served.channel(), get_orders("acme")).await;
+        match *mode {
+            "open" => {
+                let response = answer.unwrap();
+                assert_eq!(response.overall_code(), Code::Ok);
+                assert!(response.statuses[0].current_limit.is_none(), "failed open");
+            }
+            _ => assert_eq!(answer.unwrap_err().code(), tonic::Code::Unavailable),
+        }
+    }
+
+    // Act 2: Redis starts on that port
+    redis.restart().await;
+
+    // Assert: both count, exactly 3 admitted, and say Redis is up
+    for (mode, _, served) in &instances {
+        until_counted(served, "probe", Duration::from_secs(5)).await;
+        let mut decisions = Vec::new();
+        for _ in 0..4 {
+            decisions.push(decide(&served.channel(), "globex").await);
+        }
+        assert_eq!(
+            decisions,
+            [
+                (Code::Ok, Some((3, 2))),
+                (Code::Ok, Some((3, 1))),
+                (Code::Ok, Some((3, 0))),
+                (Code::OverLimit, Some((3, 0))),
+            ],
+            "{mode}"
+        );
+        until_redis_up_is(served, 1.0).await;
+        assert_eq!(
+            served.http_get("/readyz"),
+            (200, "ready\nredis: up\n".to_owned()),
+            "{mode}"
+        );
+    }
+}
+
+/// Limits must not stay off longer than the outage: after 10 s without Redis (traffic all along,
+/// so the circuit breaker is open), the first counted decision comes within 1 s of the restarted
+/// Redis answering PING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_resumes_within_a_second_of_redis_answering_after_a_ten_second_outage() {
+    // Arrange
+    let mut redis = support::OwnedRedis::start().await;
+    let (_dir, served) = serve_in_new_dir(vec![
+        ("REDIS_URL", redis.url.clone()),
+        ("SLUICE_REDIS_KEY_PREFIX", support::unique_redis_prefix()),
+    ])
+    .await;
+    let token = served.token(&["--role", "platform-admin"]);
+    create_policy(&served.channel(), &token, "*", "/**", 1_000_000).await;
+    assert!(
+        decide(&served.channel(), "acme").await.1.is_some(),
+        "counted before the outage"
+    );
+
+    // Act: 10 s down, a check every 100 ms; then back
+    redis.kill();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(10) {
+        assert_eq!(
+            decide(&served.channel(), "acme").await,
+            (Code::Ok, None),
+            "fails open while Redis is down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served.metric("sluice_circuit_open"), Some(1.0));
+    assert_eq!(served.metric("sluice_redis_up"), Some(0.0));
+    assert_eq!(
+        served.http_get("/readyz"),
+        (200, "ready\nredis: down\n".to_owned()),
+        "still ready: Sluice answers per the failure mode"
+    );
+    // `restart` returns as soon as the new server answers PING.
+    redis.restart().await;
+    let resumed_after = until_counted(&served, "acme", Duration::from_secs(5)).await;
+
+    // Assert
+    assert!(
+        resumed_after <= Duration::from_secs(1),
+        "counting resumed {resumed_after:?} after Redis answered"
+    );
+    assert_eq!(served.metric("sluice_circuit_open"), Some(0.0));
+    until_redis_up_is(&served, 1.0).await;
 }
 
 // ---------------------------------------------------------------------------------------------

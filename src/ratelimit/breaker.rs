@@ -17,8 +17,12 @@ use prometheus::IntGauge;
 
 /// Consecutive failures that open the breaker.
 pub const FAILURES_TO_OPEN: u32 = 5;
-/// How long the breaker stays open before it lets a probe through.
-pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How long the breaker stays open before it lets a probe through. Short, so that counting
+/// resumes within 1 s of Redis answering again (at most the Redis client's reconnect delay,
+/// `RECONNECT_MAX_DELAY` plus jitter, then at most this); cheap, because a probe is one check
+/// that Redis would have served anyway, and while the connection is down it fails in the client
+/// without reaching Redis at all.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
 
 /// The `probe` value while no probe is in flight.
 const NO_PROBE: u64 = 0;

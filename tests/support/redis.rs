@@ -54,11 +54,16 @@ pub struct OwnedRedis {
 impl OwnedRedis {
     /// Starts a `redis-server` on a free port of 127.0.0.1 and waits until it answers PING.
     pub async fn start() -> Self {
+        Self::start_with_args(Vec::new()).await
+    }
+
+    /// [`OwnedRedis::start`] with extra `redis-server` arguments.
+    async fn start_with_args(args: Vec<String>) -> Self {
         let mut last_error = String::new();
         // A free port can be taken by someone else before the server binds it: then try another.
         for _ in 0..3 {
             let port = free_port();
-            match spawn_redis(port).await {
+            match spawn_redis_with(port, args.clone()).await {
                 Ok(server) => {
                     return OwnedRedis {
                         url: format!("redis://127.0.0.1:{port}"),
@@ -69,7 +74,7 @@ impl OwnedRedis {
                 Err(message) => last_error = message,
             }
         }
-        panic!("cannot start redis-server: {last_error}");
+        panic!("cannot start redis-server {args:?}: {last_error}");
     }
 
     /// Starts a `redis-server` that also serves TLS on `tls_port`, with `cert`/`key` (PEM) as its
@@ -101,6 +106,22 @@ impl OwnedRedis {
             }
         }
         panic!("cannot start redis-server with TLS: {last_error}");
+    }
+
+    /// A free port of 127.0.0.1 with no server on it yet: connections are refused until
+    /// [`OwnedRedis::restart`] starts one there.
+    pub fn not_started() -> Self {
+        let port = free_port();
+        OwnedRedis {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            server: None,
+        }
+    }
+
+    /// Starts a `redis-server` that refuses every client that does not `AUTH` with `password`.
+    pub async fn start_with_password(password: &str) -> Self {
+        Self::start_with_args(vec!["--requirepass".to_owned(), password.to_owned()]).await
     }
 
     /// Stops the server with SIGSTOP: connections stay open but nothing is answered until `thaw`.
@@ -194,7 +215,7 @@ async fn spawn_redis_with(port: u16, extra_args: Vec<String>) -> Result<ServerTh
         .map(|(server, ())| server)
 }
 
-/// One PING over a fresh connection, with short blocking timeouts.
+/// One PING over a fresh connection, with short blocking timeouts: whether the server answers.
 fn blocking_ping(port: u16) -> bool {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
@@ -205,7 +226,8 @@ fn blocking_ping(port: u16) -> bool {
         return false;
     }
     let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    // A server started with a password answers NOAUTH: it is up all the same.
+    stream.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
 }
 
 /// Sends PING to the server at `url` (`redis://host:port[/db]`, no TLS) over a new connection and

@@ -28,7 +28,9 @@ mod redis;
 mod redis_clock;
 
 pub use memory::InMemoryCounter;
-pub use redis::{DEFAULT_COMMAND_TIMEOUT, RedisCounter};
+pub use redis::{
+    DEFAULT_COMMAND_TIMEOUT, FirstConnect, RedisCounter, RedisHealth, RedisStartError, RedisState,
+};
 
 use async_trait::async_trait;
 use tokio::time::Instant;

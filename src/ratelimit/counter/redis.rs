@@ -17,13 +17,26 @@
 //! `redis-cluster://[user:pass@]host:port[?node=host2:port2&node=…]` or `rediss-cluster://…`
 //! with TLS; the other nodes are discovered from any one of them. Sentinel
 //! (`redis-sentinel://…?sentinelServiceName=…`) works too.
+//!
+//! # Connection
+//! [`RedisCounter::start`] tells a Redis that refuses Sluice's settings (URL, password, TLS
+//! certificate, the script) — which stops start-up — from one that merely does not answer yet,
+//! which the pool keeps reconnecting to in the background (backoff capped at
+//! [`RECONNECT_MAX_DELAY`]) while checks fail and the caller answers per its failure mode. A
+//! background ping keeps [`RedisHealth`] (`/readyz`, `sluice_redis_up`) current and reloads the
+//! script into a Redis that answers again.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{Builder, ClientLike, Config, ErrorKind, Pool, ReconnectPolicy};
+use fred::interfaces::{ClientLike, EventInterface};
+use fred::prelude::{Builder, Config, ErrorKind, Pool, ReconnectPolicy};
+use fred::types::config::Options;
 use fred::types::scripts::Script;
+use prometheus::IntGauge;
 
 use tokio::time::Instant;
 
@@ -37,6 +50,24 @@ const SLIDING_WINDOW_LUA: &str = include_str!("sliding_window.lua");
 
 /// The per-call timeout [`RedisCounter::connect`] sets; see [`RedisCounter::set_command_timeout`].
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long one connection attempt (TCP, TLS, `AUTH`, `SELECT`) may take.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The reconnect backoff after a connection is lost (or never made): 50 ms, doubling up to
+/// [`RECONNECT_MAX_DELAY`], each plus up to [`RECONNECT_JITTER`], without end. The cap bounds how
+/// late Sluice notices a Redis that answers again (at most 300 ms, so counting resumes within
+/// 1 s together with the breaker's [`super::super::breaker::PROBE_EVERY`]); a refused connection
+/// costs Redis nothing, so four attempts a second per pooled connection do not hammer it, and
+/// the jitter keeps many instances from reconnecting in lockstep.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(250);
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+const RECONNECT_JITTER: Duration = Duration::from_millis(50);
+
+/// How often the health task pings Redis for [`RedisCounter::health`].
+pub const HEALTH_PING_EVERY: Duration = Duration::from_millis(500);
+/// How long a health ping may wait for PONG before Redis counts as not answering.
+const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// URL schemes `connect` takes: plain, TLS, Cluster and Sentinel, under either name.
 const SCHEMES: [&str; 12] = [
@@ -70,6 +101,10 @@ pub struct RedisCounter {
     clock: RedisClock,
     /// Redis Cluster: each node has its own clock, so the clock is learnt per hash slot.
     clock_per_slot: bool,
+    /// Whether Redis answers, for `/readyz` and `sluice_redis_up`; kept current by the task
+    /// [`RedisCounter::start`] spawns, which ends once the counter and every handle from
+    /// [`RedisCounter::health`] are dropped.
+    health: Arc<RedisHealth>,
 }
 
 impl RedisCounter {
@@ -78,36 +113,90 @@ impl RedisCounter {
     pub fn new(pool: Pool, key_prefix: impl Into<String>) -> Result<Self, CounterError> {
         let key_prefix = checked_prefix(key_prefix.into())?;
         let clock_per_slot = pool.next().is_clustered();
+        // Nobody watches a pool the caller built: its health is what it was when handed over.
+        let connected = pool.clients().iter().any(|client| client.is_connected());
         Ok(Self {
             pool,
             script: Script::from_lua(SLIDING_WINDOW_LUA),
             key_prefix,
             clock: RedisClock::new(clock_per_slot),
             clock_per_slot,
+            health: Arc::new(RedisHealth::new(if connected {
+                RedisState::Up
+            } else {
+                RedisState::Connecting
+            })),
         })
     }
 
     /// Connects a pool of `pool_size` connections to `url` (see the module doc for the URL
-    /// forms), with `password`, when given, replacing the URL's. Waits for every connection and
-    /// loads the script, so a wrong URL or password fails here rather than on the first request.
-    /// After that the pool reconnects on its own, with exponential backoff up to 5 s.
+    /// forms), with `password`, when given, replacing the URL's, and loads the script. Unlike
+    /// [`RedisCounter::start`], a server that does not answer is an error
+    /// ([`CounterError::Connection`] or [`CounterError::Timeout`]); a setting Redis refuses is
+    /// [`CounterError::Config`].
     pub async fn connect(
         url: &str,
         password: Option<&str>,
         pool_size: usize,
         key_prefix: impl Into<String>,
     ) -> Result<Self, CounterError> {
+        let (counter, first) = Self::start(url, password, pool_size, key_prefix)
+            .await
+            .map_err(|err| match err {
+                RedisStartError::Config(reason) => CounterError::Config(reason),
+                refused => CounterError::Config(refused.to_string()),
+            })?;
+        match first {
+            FirstConnect::Connected => Ok(counter),
+            FirstConnect::Unreachable(err) => {
+                quit(&counter.pool).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Starts a pool of `pool_size` connections to `url` (see the module doc for the URL
+    /// forms), with `password`, when given, replacing the URL's, and waits for the first
+    /// connection attempt. A setting Sluice cannot run with — a bad URL, a password Redis
+    /// refuses, a certificate it cannot trust — is a [`RedisStartError`]. A server that merely
+    /// does not answer yet is [`FirstConnect::Unreachable`]: the counter is returned anyway and
+    /// keeps connecting in the background (its checks fail until then, and the caller answers
+    /// per its failure mode).
+    ///
+    /// After that the pool reconnects on its own (see [`RECONNECT_MAX_DELAY`]), and a
+    /// background task pings Redis every [`HEALTH_PING_EVERY`] to keep [`RedisCounter::health`]
+    /// current and to load the script into a server that answers again (a restarted Redis has
+    /// lost it).
+    pub async fn start(
+        url: &str,
+        password: Option<&str>,
+        pool_size: usize,
+        key_prefix: impl Into<String>,
+    ) -> Result<(Self, FirstConnect), RedisStartError> {
         if pool_size == 0 {
-            return Err(CounterError::Config(
+            return Err(RedisStartError::Config(
                 "the Redis pool needs at least one connection".into(),
             ));
         }
-        let key_prefix = checked_prefix(key_prefix.into())?;
-        let config = config_from_url(url, password)?;
+        let key_prefix = checked_prefix(key_prefix.into()).map_err(|err| match err {
+            CounterError::Config(reason) => RedisStartError::Config(reason),
+            other => RedisStartError::Config(other.to_string()),
+        })?;
+        let mut config = config_from_url(url, password)?;
+        // The first connection is retried like any later one, so a Redis that is down at
+        // start-up is waited for in the background instead of stopping Sluice.
+        config.fail_fast = false;
+        let mut reconnect = ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_DELAY.as_millis() as u32,
+            RECONNECT_MAX_DELAY.as_millis() as u32,
+            2,
+        );
+        reconnect.set_jitter(RECONNECT_JITTER.as_millis() as u32);
         let pool = Builder::from_config(config)
             .with_connection_config(|connection| {
-                connection.connection_timeout = Duration::from_secs(5);
-                connection.internal_command_timeout = Duration::from_secs(5);
+                connection.connection_timeout = CONNECTION_TIMEOUT;
+                connection.internal_command_timeout = CONNECTION_TIMEOUT;
                 // A call whose connection drops mid-flight may already have run; resending it
                 // could count the request twice. Fail it instead and let the caller decide.
                 connection.max_command_attempts = 1;
@@ -115,19 +204,49 @@ impl RedisCounter {
             .with_performance_config(|performance| {
                 performance.default_command_timeout = DEFAULT_COMMAND_TIMEOUT;
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .set_policy(reconnect)
             .build_pool(pool_size)
-            .map_err(|e| CounterError::Config(format!("cannot build the Redis pool: {e}")))?;
-        // The returned handle drives the connections; dropping it detaches the task, which ends
-        // when the pool quits.
-        let _connection_task = pool.init().await.map_err(classify)?;
-        let counter = Self::new(pool, key_prefix)?;
-        counter
-            .script
-            .load(counter.pool.next_connected())
-            .await
-            .map_err(classify)?;
-        Ok(counter)
+            .map_err(|e| RedisStartError::Config(format!("cannot build the Redis pool: {e}")))?;
+        let script = Script::from_lua(SLIDING_WINDOW_LUA);
+        let first = match first_connect(&pool).await {
+            Ok(()) => script.load(pool.next_connected()).await,
+            Err(err) => Err(err),
+        };
+        let first = match first {
+            Ok(()) => FirstConnect::Connected,
+            Err(err) => match refused_setting(&err) {
+                // The pool would keep retrying a setting Redis refuses: stop it.
+                Some(refused) => {
+                    quit(&pool).await;
+                    return Err(refused);
+                }
+                None => FirstConnect::Unreachable(classify(err)),
+            },
+        };
+        let health = Arc::new(RedisHealth::new(match first {
+            FirstConnect::Connected => RedisState::Up,
+            FirstConnect::Unreachable(_) => RedisState::Connecting,
+        }));
+        tokio::spawn(watch_health(
+            pool.clone(),
+            script.clone(),
+            Arc::downgrade(&health),
+        ));
+        let clock_per_slot = pool.next().is_clustered();
+        let counter = Self {
+            pool,
+            script,
+            key_prefix,
+            clock: RedisClock::new(clock_per_slot),
+            clock_per_slot,
+            health,
+        };
+        Ok((counter, first))
+    }
+
+    /// Whether Redis answers, as the background ping last saw it (see [`RedisHealth`]).
+    pub fn health(&self) -> Arc<RedisHealth> {
+        Arc::clone(&self.health)
     }
 
     /// Sets how long one call may wait for Redis before failing with [`CounterError::Timeout`]
@@ -221,19 +340,232 @@ fn checked_prefix(key_prefix: String) -> Result<String, CounterError> {
     Ok(key_prefix)
 }
 
+/// How [`RedisCounter::start`]'s first connection attempt went.
+#[derive(Debug)]
+pub enum FirstConnect {
+    /// Connected, and the script is loaded.
+    Connected,
+    /// Redis did not answer (refused, timed out, not resolvable yet); the pool keeps trying.
+    Unreachable(CounterError),
+}
+
+/// A Redis setting Sluice cannot run with: start-up stops, naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStartError {
+    /// The URL (scheme, syntax), the pool size or the key prefix.
+    #[error("{0}")]
+    Config(String),
+    /// Redis refused the password or user (`WRONGPASS`, `NOAUTH`).
+    #[error("Redis refused the credentials: {0}")]
+    Credentials(String),
+    /// The TLS handshake failed, e.g. on a certificate no trusted CA signed.
+    #[error("TLS with Redis failed: {0}")]
+    Tls(String),
+    /// Redis answers but refuses the sliding-window script (an ACL without `SCRIPT`/`EVALSHA`,
+    /// scripting disabled).
+    #[error("Redis refused to load the sliding-window script: {0}")]
+    Script(String),
+}
+
+/// Whether Redis answers, as `/readyz` and `sluice_redis_up` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisState {
+    /// Not answered yet since start-up.
+    Connecting,
+    /// The last ping was answered.
+    Up,
+    /// Answered before; the last ping was not.
+    Down,
+}
+
+impl RedisState {
+    /// `connecting`, `up` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisState::Connecting => "connecting",
+            RedisState::Up => "up",
+            RedisState::Down => "down",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => RedisState::Up,
+            2 => RedisState::Down,
+            _ => RedisState::Connecting,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            RedisState::Connecting => 0,
+            RedisState::Up => 1,
+            RedisState::Down => 2,
+        }
+    }
+}
+
+/// The [`RedisState`] of one counter, shared with whoever reports it; optionally mirrored into
+/// a gauge (1 = up, 0 = connecting or down).
+#[derive(Debug)]
+pub struct RedisHealth {
+    state: AtomicU8,
+    gauge: OnceLock<IntGauge>,
+}
+
+impl RedisHealth {
+    fn new(state: RedisState) -> Self {
+        Self {
+            state: AtomicU8::new(state.as_u8()),
+            gauge: OnceLock::new(),
+        }
+    }
+
+    pub fn state(&self) -> RedisState {
+        RedisState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Mirrors the state into `gauge` from now on (the first gauge given stays).
+    pub fn report_to(&self, gauge: IntGauge) {
+        let gauge = self.gauge.get_or_init(|| gauge);
+        gauge.set(i64::from(self.state() == RedisState::Up));
+    }
+
+    /// Sets the state; returns the previous one.
+    fn set(&self, state: RedisState) -> RedisState {
+        let previous = RedisState::from_u8(self.state.swap(state.as_u8(), Ordering::AcqRel));
+        if let Some(gauge) = self.gauge.get() {
+            gauge.set(i64::from(state == RedisState::Up));
+        }
+        previous
+    }
+}
+
+/// Waits for the pool's first connection attempt: `Ok` once every connection is up, else the
+/// first error any of them reports (or a timeout, for a server that never answers at all).
+async fn first_connect(pool: &Pool) -> Result<(), fred::error::Error> {
+    // Subscribed before connecting, so no error is missed.
+    let mut errors: Vec<_> = pool.clients().iter().map(|c| c.error_rx()).collect();
+    // The returned handle drives the connections; dropping it detaches the task, which ends
+    // when the pool quits.
+    let _connection_task = pool.connect();
+    // A little past one connection timeout: by then every first attempt has reported. Polled,
+    // because fred's connect notifications race with its connection state.
+    let deadline = tokio::time::Instant::now() + CONNECTION_TIMEOUT + Duration::from_secs(1);
+    loop {
+        if pool.clients().iter().all(|client| client.is_connected()) {
+            return Ok(());
+        }
+        for rx in &mut errors {
+            if let Ok((err, _server)) = rx.try_recv() {
+                return Err(err);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(fred::error::Error::new(
+                ErrorKind::Timeout,
+                "no connection within the connection timeout",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The setting at fault when `error` says Redis refuses how Sluice is configured (rather than
+/// being down), so retrying cannot help.
+fn refused_setting(error: &fred::error::Error) -> Option<RedisStartError> {
+    let details = error.details().to_owned();
+    match error.kind() {
+        ErrorKind::Auth => Some(RedisStartError::Credentials(details)),
+        ErrorKind::Tls => Some(RedisStartError::Tls(details)),
+        ErrorKind::Config | ErrorKind::Url => Some(RedisStartError::Config(details)),
+        // fred reports a failed TLS handshake as the I/O error rustls gave, e.g.
+        // `Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }`.
+        ErrorKind::IO if details.contains("Certificate") || details.contains("certificate") => {
+            Some(RedisStartError::Tls(details))
+        }
+        // Down, slow or restarting: worth waiting for.
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Routing
+        | ErrorKind::Cluster
+        | ErrorKind::Sentinel
+        | ErrorKind::Backpressure
+        | ErrorKind::Protocol => None,
+        // Redis answered, with an error reply to the script load (e.g. `NOPERM`).
+        _ => Some(RedisStartError::Script(details)),
+    }
+}
+
+/// Stops the pool's connections and their reconnection. Bounded: a pool still waiting to
+/// reconnect never answers the `QUIT` itself, it just ends.
+async fn quit(pool: &Pool) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), pool.quit()).await;
+}
+
+/// Pings Redis every [`HEALTH_PING_EVERY`] and records the answer in `health`; when Redis answers
+/// again after not answering, loads the script (a restarted server has none) so the first check
+/// does not pay for the reload. Ends once the counter owning `health` is dropped.
+async fn watch_health(pool: Pool, script: Script, health: Weak<RedisHealth>) {
+    let options = Options {
+        timeout: Some(HEALTH_PING_TIMEOUT),
+        // A disconnected client answers at once instead of queueing the ping.
+        fail_fast: true,
+        ..Options::default()
+    };
+    loop {
+        tokio::time::sleep(HEALTH_PING_EVERY).await;
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        let client = pool.next_connected();
+        let answered = client
+            .with_options(&options)
+            .ping::<fred::types::Value>(None)
+            .await;
+        match answered {
+            Ok(_) => {
+                if health.set(RedisState::Up) != RedisState::Up {
+                    if let Err(err) = script.load(client).await {
+                        tracing::warn!(error = %err, "Redis answers again, but loading the sliding-window script failed; checks reload it on demand");
+                    }
+                    tracing::info!(
+                        redis = RedisState::Up.as_str(),
+                        "Redis answers: counting in Redis"
+                    );
+                }
+            }
+            Err(err) => {
+                let now = match health.state() {
+                    RedisState::Connecting => RedisState::Connecting,
+                    RedisState::Up | RedisState::Down => RedisState::Down,
+                };
+                if health.set(now) == RedisState::Up {
+                    tracing::warn!(
+                        redis = now.as_str(),
+                        error = %err,
+                        "Redis does not answer: checks answer per SLUICE_FAILURE_MODE until it does"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Builds the client config for `url`, with `password` replacing the URL's when given. The URL
 /// never appears in an error: it may hold a password.
-fn config_from_url(url: &str, password: Option<&str>) -> Result<Config, CounterError> {
+fn config_from_url(url: &str, password: Option<&str>) -> Result<Config, RedisStartError> {
     // fred reads any other scheme as a plain server, so `http://…` would be taken silently.
     let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
     if !SCHEMES.contains(&scheme) {
-        return Err(CounterError::Config(format!(
+        return Err(RedisStartError::Config(format!(
             "the Redis URL scheme must be one of {}",
             SCHEMES.join(", ")
         )));
     }
     let mut config = Config::from_url(url)
-        .map_err(|e| CounterError::Config(format!("not a usable Redis URL: {}", e.details())))?;
+        .map_err(|e| RedisStartError::Config(format!("not a usable Redis URL: {}", e.details())))?;
     if let Some(password) = password {
         config.password = Some(password.to_owned());
     }
@@ -338,8 +670,72 @@ mod tests {
     #[test]
     fn bad_url_error_does_not_echo_the_url() {
         let err = config_from_url("http://user:hunter2@host", None).expect_err("not Redis");
-        assert!(matches!(err, CounterError::Config(_)));
+        assert!(matches!(err, RedisStartError::Config(_)));
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn only_what_redis_refuses_stops_start_up() {
+        use fred::error::Error;
+        let cases = [
+            (
+                ErrorKind::Auth,
+                "WRONGPASS invalid username-password pair",
+                "credentials",
+            ),
+            (
+                ErrorKind::Auth,
+                "NOAUTH Authentication required.",
+                "credentials",
+            ),
+            (
+                ErrorKind::IO,
+                "Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }",
+                "tls",
+            ),
+            (
+                ErrorKind::Unknown,
+                "NOPERM this user has no permissions",
+                "script",
+            ),
+            (
+                ErrorKind::IO,
+                "Os { code: 111, kind: ConnectionRefused }",
+                "wait",
+            ),
+            (
+                ErrorKind::Timeout,
+                "no connection within the connection timeout",
+                "wait",
+            ),
+            (
+                ErrorKind::Canceled,
+                "Connection closed unexpectedly.",
+                "wait",
+            ),
+        ];
+        for (kind, details, expected) in cases {
+            let got = match refused_setting(&Error::new(kind, details)) {
+                Some(RedisStartError::Credentials(_)) => "credentials",
+                Some(RedisStartError::Tls(_)) => "tls",
+                Some(RedisStartError::Script(_)) => "script",
+                Some(RedisStartError::Config(_)) => "config",
+                None => "wait",
+            };
+            assert_eq!(got, expected, "{details}");
+        }
+    }
+
+    #[test]
+    fn health_mirrors_into_the_gauge_once_given() {
+        let health = RedisHealth::new(RedisState::Connecting);
+        let gauge = IntGauge::new("test_redis_up", "test").unwrap();
+        health.report_to(gauge.clone());
+        assert_eq!(gauge.get(), 0);
+        assert_eq!(health.set(RedisState::Up), RedisState::Connecting);
+        assert_eq!((health.state().as_str(), gauge.get()), ("up", 1));
+        health.set(RedisState::Down);
+        assert_eq!((health.state().as_str(), gauge.get()), ("down", 0));
     }
 
     #[test]
