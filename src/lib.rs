@@ -31,10 +31,12 @@
 //!    UNAVAILABLE.
 //!
 //! ## Where the paths meet
-//! [`policy_refresh`] loads enabled policies from the store (at start, after this instance's own
-//! changes before the RPC answers, on other instances' changes via `LISTEN sluice_policies`, and
-//! every 30 s) and [`startup`] hands them to the hot path's snapshot as plain [`domain::Policy`]
-//! values.
+//! [`policy_refresh`] keeps the hot path's snapshot current with plain [`domain::Policy`]
+//! values, one policy at a time where it can: the admin service hands over each change it made
+//! (applied before the RPC answers), `LISTEN sluice_policies` names other instances' changes
+//! (each read back alone), and a full load runs at start and every 30 s as a safety net.
+//! [`startup`] wires it to [`ratelimit::snapshot::SharedSnapshot`], which recompiles only the
+//! changed tenant's matcher.
 //!
 //! ## Around both
 //! [`settings`] (every flag and environment variable), [`startup`] (builds and runs the

@@ -20,7 +20,6 @@ use crate::{
         page_token::PageTokenCodec,
         service::{PolicyAdmin, PolicyChangeHook},
     },
-    domain::Policy,
     http::{CounterStore, Readiness, router},
     policy_refresh::PolicyRefresher,
     proto::{
@@ -33,7 +32,7 @@ use crate::{
         },
         request::{DescriptorKeys, MAX_REQUEST_BYTES},
         service::{RateLimiter, RateLimiterConfig},
-        snapshot::{PolicySnapshot, SharedSnapshot},
+        snapshot::SharedSnapshot,
     },
     settings::{DatabaseKind, SecretString, Settings, SettingsError},
     store::{PolicyStore, deadline::DeadlineStore, postgres::PgPolicyStore},
@@ -369,21 +368,20 @@ impl Application {
             metrics.clone(),
         );
         let policies_gauge = metrics.policies.clone();
-        let apply: crate::policy_refresh::ApplyPolicies = Arc::new(move |policies: Vec<Policy>| {
-            let compiled = PolicySnapshot::build(policies);
-            policies_gauge.set(compiled.len() as i64);
-            snapshot.store(compiled);
+        let apply: crate::policy_refresh::ApplyPolicies = Arc::new(move |update| {
+            use crate::policy_refresh::{PolicyChange, SnapshotUpdate};
+            let count = match update {
+                SnapshotUpdate::LoadingAll => return snapshot.begin_full_load(),
+                SnapshotUpdate::LoadedAll(policies) => snapshot.finish_full_load(policies),
+                SnapshotUpdate::Changed(PolicyChange::Upserted(policy)) => snapshot.upsert(policy),
+                SnapshotUpdate::Changed(PolicyChange::Removed(id)) => snapshot.remove(id),
+            };
+            policies_gauge.set(count as i64);
         });
         let refresher = Arc::new(PolicyRefresher::new(store.clone(), opened.listen, apply));
         let local_refresh = refresher.clone();
-        let on_change: PolicyChangeHook = Arc::new(move || {
-            let refresher = local_refresh.clone();
-            Box::pin(async move {
-                if let Err(err) = refresher.load_once().await {
-                    tracing::warn!(error = %error_chain(&err), "reloading policies after a change failed; the periodic reload will retry");
-                }
-            })
-        });
+        let on_change: PolicyChangeHook =
+            Arc::new(move |change| local_refresh.apply_own_change(change));
         let admin = PolicyAdmin::new(
             store,
             settings.default_window_seconds,

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use prost_types::{FieldMask, Timestamp};
 use tonic::{Request, Response, Status};
 
@@ -13,6 +12,7 @@ use crate::{
         EndpointPattern, FieldViolation, Limits, NewPolicy, Policy, PolicyId, PolicyPatch,
         PolicyTenant, TenantScope,
     },
+    policy_refresh::PolicyChange,
     proto::sluice::admin::v1 as pb,
     store::PolicyStore,
 };
@@ -38,14 +38,15 @@ pub struct PolicyAdmin {
     /// `window_seconds` of a created policy that gives none (RATE_LIMIT_DEFAULT_WINDOW).
     default_window_seconds: u32,
     page_tokens: PageTokenCodec,
-    /// Awaited after every successful change, before the RPC answers, so this instance applies
+    /// Called with every successful change, before the RPC answers, so this instance applies
     /// its own change before the caller can see the response (other instances hear of it
     /// through the store's own notifications).
     on_change: PolicyChangeHook,
 }
 
-/// What the admin service calls after it changed a policy.
-pub type PolicyChangeHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+/// What the admin service calls after it changed a policy, with the policy as stored now (or
+/// the id it deleted).
+pub type PolicyChangeHook = Arc<dyn Fn(PolicyChange) + Send + Sync>;
 
 impl PolicyAdmin {
     pub fn new(
@@ -249,7 +250,7 @@ impl pb::policy_service_server::PolicyService for PolicyAdmin {
         let created = self.store.create(new).await.map_err(AdminError::from)?;
         tracing::Span::current().record("policy", created.id.to_string());
         tracing::info!(tenant = %created.tenant, pattern = %created.pattern, "policy created");
-        (self.on_change)().await;
+        (self.on_change)(PolicyChange::Upserted(created.clone()));
         Ok(Response::new(to_proto(&created)))
     }
 
@@ -303,7 +304,7 @@ impl pb::policy_service_server::PolicyService for PolicyAdmin {
             .await
             .map_err(AdminError::from)?;
         tracing::info!(tenant = %updated.tenant, pattern = %updated.pattern, "policy updated");
-        (self.on_change)().await;
+        (self.on_change)(PolicyChange::Upserted(updated.clone()));
         Ok(Response::new(to_proto(&updated)))
     }
 
@@ -321,7 +322,7 @@ impl pb::policy_service_server::PolicyService for PolicyAdmin {
             .await
             .map_err(AdminError::from)?;
         tracing::info!("policy deleted");
-        (self.on_change)().await;
+        (self.on_change)(PolicyChange::Removed(id));
         Ok(Response::new(()))
     }
 

@@ -44,9 +44,26 @@
 //!    ranking higher. Two different patterns that both match one request never get this far (their
 //!    methods and literals would have to be equal), but it makes the order total, so a lookup never
 //!    depends on the order policies were loaded in.
+//!
+//! # Lookup
+//! [`PatternSet`] indexes patterns in a segment trie, one per method plus one for patterns
+//! without a method: each node has its literal children in a hash map, a `*` child, and the
+//! patterns that end there (exactly, or with `**`). A lookup walks the request path through the
+//! method's trie first (any method pattern beats every pattern without one), trying at each
+//! level the literal child, then `*`, then a `**` ending there — the order of rule 3 — so the
+//! first match it finds is the most specific one, and its cost does not grow with the number of
+//! patterns. The tests keep the obvious implementation (try every pattern, most specific first)
+//! as the oracle the index must agree with.
 
-use std::fmt;
-use std::str::FromStr;
+use std::{
+    cmp::Ordering,
+    fmt,
+    hash::{BuildHasher, RandomState},
+    str::FromStr,
+    sync::Arc,
+};
+
+use hashbrown::HashTable;
 
 /// The longest endpoint pattern Sluice accepts, in bytes.
 pub const MAX_PATTERN_LEN: usize = 1024;
@@ -56,16 +73,23 @@ pub const MAX_METHOD_LEN: usize = 20;
 
 /// A parsed endpoint pattern such as `GET /v1/orders/*` or `/static/**`. Built only by
 /// [`EndpointPattern::parse`]; see the module doc for the grammar and matching rules.
+///
+/// Cloning is a reference-count increment: the snapshot holds each pattern in its policy and in
+/// its [`PatternSet`], and 100,000 policies must not mean 200,000 copies.
 #[derive(Clone, Debug)]
-pub struct EndpointPattern {
-    /// The canonical form: what `Display` prints, what equality and hashing use.
+pub struct EndpointPattern(Arc<Parsed>);
+
+#[derive(Debug)]
+struct Parsed {
+    /// The canonical form: what `Display` prints, what equality and hashing use. The method and
+    /// the literal segments are slices of it, so a pattern is two allocations besides the `Arc`.
     canonical: Box<str>,
-    /// Uppercase; `None` matches any method.
-    method: Option<Box<str>>,
+    /// Length of the uppercase method at the start of `canonical`; 0 when any method matches.
+    method_len: u8,
     shape: Shape,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum Shape {
     /// `*` alone: every endpoint.
     Everything,
@@ -73,13 +97,31 @@ enum Shape {
     Path(Box<[Segment]>),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Segment {
-    Literal(Box<str>),
+    /// `canonical[start..end]` (a pattern is at most [`MAX_PATTERN_LEN`] bytes, so `u16` fits).
+    Literal { start: u16, end: u16 },
     /// `*`: exactly one segment.
     One,
     /// `**`: zero or more segments.
     Rest,
+}
+
+/// A path pattern segment while parsing, before it has a place in the canonical string.
+enum RawSegment<'a> {
+    Literal(&'a str),
+    One,
+    Rest,
+}
+
+impl Segment {
+    fn rank(self) -> SegmentRank {
+        match self {
+            Segment::Literal { .. } => SegmentRank::Literal,
+            Segment::One => SegmentRank::One,
+            Segment::Rest => SegmentRank::Rest,
+        }
+    }
 }
 
 impl EndpointPattern {
@@ -101,11 +143,11 @@ impl EndpointPattern {
             return Err("must not start or end with whitespace".into());
         }
         if raw == Self::EVERYTHING {
-            return Ok(Self {
+            return Ok(Self(Arc::new(Parsed {
                 canonical: Self::EVERYTHING.into(),
-                method: None,
+                method_len: 0,
                 shape: Shape::Everything,
-            });
+            })));
         }
 
         let (method, path) = if raw.starts_with('/') {
@@ -133,29 +175,44 @@ impl EndpointPattern {
         if !path.starts_with('/') {
             return Err(format!("path pattern must start with `/`, got {path:?}"));
         }
-        let segments = parse_path(path)?;
+        let raw_segments = parse_path(path)?;
 
         let mut canonical = String::with_capacity(raw.len());
         if let Some(method) = &method {
             canonical.push_str(method);
             canonical.push(' ');
         }
-        if segments.is_empty() {
+        if raw_segments.is_empty() {
             canonical.push('/');
         }
-        for segment in &segments {
+        let mut segments = Vec::with_capacity(raw_segments.len());
+        for segment in raw_segments {
             canonical.push('/');
-            canonical.push_str(match segment {
-                Segment::Literal(literal) => literal,
-                Segment::One => "*",
-                Segment::Rest => "**",
+            segments.push(match segment {
+                RawSegment::Literal(literal) => {
+                    // Both fit: the canonical form is never longer than `raw`.
+                    let start = canonical.len() as u16;
+                    canonical.push_str(literal);
+                    Segment::Literal {
+                        start,
+                        end: canonical.len() as u16,
+                    }
+                }
+                RawSegment::One => {
+                    canonical.push('*');
+                    Segment::One
+                }
+                RawSegment::Rest => {
+                    canonical.push_str("**");
+                    Segment::Rest
+                }
             });
         }
-        Ok(Self {
+        Ok(Self(Arc::new(Parsed {
             canonical: canonical.into(),
-            method: method.map(String::into_boxed_str),
+            method_len: method.map_or(0, |m| m.len() as u8),
             shape: Shape::Path(segments.into()),
-        })
+        })))
     }
 
     /// Whether a request with this method (if any) and path matches. `path` may carry a query
@@ -166,27 +223,27 @@ impl EndpointPattern {
 
     /// [`Self::matches`] for a path already cut at `?`/`#`.
     fn matches_bare_path(&self, method: Option<&str>, path: &str) -> bool {
-        if let Some(own) = &self.method {
+        if let Some(own) = self.method() {
             match method {
                 Some(method) if method.eq_ignore_ascii_case(own) => {}
                 _ => return false,
             }
         }
-        let segments = match &self.shape {
+        let segments = match &self.0.shape {
             Shape::Everything => return true,
             Shape::Path(segments) => segments,
         };
         let mut request = path.split('/').filter(|s| !s.is_empty());
         for segment in segments.iter() {
-            match segment {
+            match *segment {
                 Segment::Rest => return true,
                 Segment::One => {
                     if request.next().is_none() {
                         return false;
                     }
                 }
-                Segment::Literal(literal) => {
-                    if request.next() != Some(&**literal) {
+                Segment::Literal { .. } => {
+                    if request.next() != Some(self.literal(*segment)) {
                         return false;
                     }
                 }
@@ -197,36 +254,39 @@ impl EndpointPattern {
 
     /// How specific this pattern is; greater is more specific (see the module doc).
     pub fn specificity(&self) -> Specificity {
-        let (matches_everything, segments) = match &self.shape {
-            Shape::Everything => (true, Vec::new()),
-            Shape::Path(segments) => (
-                false,
-                segments
-                    .iter()
-                    .map(|segment| match segment {
-                        Segment::Literal(_) => SegmentRank::Literal,
-                        Segment::One => SegmentRank::One,
-                        Segment::Rest => SegmentRank::Rest,
-                    })
-                    .collect(),
-            ),
-        };
-        Specificity {
-            matches_everything,
-            has_method: self.method.is_some(),
-            segments: segments.into(),
-            canonical: self.canonical.clone(),
-        }
+        Specificity(self.clone())
     }
 
     /// The canonical form (uppercase method, single slashes, no trailing slash).
     pub fn as_str(&self) -> &str {
-        &self.canonical
+        &self.0.canonical
     }
 
     /// The method this pattern requires, uppercase; `None` when any method matches.
     pub fn method(&self) -> Option<&str> {
-        self.method.as_deref()
+        let len = usize::from(self.0.method_len);
+        (len > 0).then(|| &self.0.canonical[..len])
+    }
+
+    fn segments(&self) -> &[Segment] {
+        match &self.0.shape {
+            Shape::Everything => &[],
+            Shape::Path(segments) => segments,
+        }
+    }
+
+    /// The text of a [`Segment::Literal`] of this pattern; empty for the wildcards.
+    fn literal(&self, segment: Segment) -> &str {
+        match segment {
+            Segment::Literal { start, end } => {
+                &self.0.canonical[usize::from(start)..usize::from(end)]
+            }
+            Segment::One | Segment::Rest => "",
+        }
+    }
+
+    fn matches_everything(&self) -> bool {
+        matches!(self.0.shape, Shape::Everything)
     }
 }
 
@@ -241,7 +301,7 @@ fn parse_method(raw: &str) -> Result<String, String> {
 }
 
 /// Parses a path pattern that starts with `/` into its non-empty segments.
-fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
+fn parse_path(path: &str) -> Result<Vec<RawSegment<'_>>, String> {
     if let Some(bad) = path.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
             "path pattern must not contain whitespace or control characters; found {bad:?}"
@@ -259,13 +319,13 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
         .iter()
         .enumerate()
         .map(|(i, raw)| match *raw {
-            "*" => Ok(Segment::One),
-            "**" if i == last => Ok(Segment::Rest),
+            "*" => Ok(RawSegment::One),
+            "**" if i == last => Ok(RawSegment::Rest),
             "**" => Err("`**` may only be the last segment".to_owned()),
             literal if literal.contains('*') => Err(format!(
                 "`*` and `**` must be whole segments, got {literal:?}"
             )),
-            literal => Ok(Segment::Literal(literal.into())),
+            literal => Ok(RawSegment::Literal(literal)),
         })
         .collect()
 }
@@ -278,9 +338,21 @@ fn strip_query(path: &str) -> &str {
     }
 }
 
+/// The first non-empty segment of `path` and what follows it; `None` when only slashes are left.
+fn next_segment(path: &str) -> Option<(&str, &str)> {
+    let path = path.trim_start_matches('/');
+    if path.is_empty() {
+        return None;
+    }
+    Some(match path.find('/') {
+        Some(end) => (&path[..end], &path[end..]),
+        None => (path, ""),
+    })
+}
+
 impl fmt::Display for EndpointPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.canonical)
+        f.write_str(self.as_str())
     }
 }
 
@@ -294,7 +366,7 @@ impl FromStr for EndpointPattern {
 
 impl PartialEq for EndpointPattern {
     fn eq(&self, other: &Self) -> bool {
-        self.canonical == other.canonical
+        self.as_str() == other.as_str()
     }
 }
 
@@ -302,19 +374,14 @@ impl Eq for EndpointPattern {}
 
 impl std::hash::Hash for EndpointPattern {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.canonical.hash(state);
+        self.as_str().hash(state);
     }
 }
 
 /// How specific an [`EndpointPattern`] is. `Ord` is total and **greater means more specific**;
 /// the module doc gives the rules. Equal only for equal patterns.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Specificity {
-    matches_everything: bool,
-    has_method: bool,
-    segments: Box<[SegmentRank]>,
-    canonical: Box<str>,
-}
+pub struct Specificity(EndpointPattern);
 
 /// Declared least specific first, so the derived `Ord` is literal > `*` > `**`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -325,59 +392,180 @@ enum SegmentRank {
 }
 
 impl Ord for Specificity {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other
-            .matches_everything
-            .cmp(&self.matches_everything)
-            .then(self.has_method.cmp(&other.has_method))
-            .then_with(|| compare_segments(&self.segments, &other.segments))
-            .then_with(|| other.canonical.cmp(&self.canonical))
-    }
-}
-
-/// Segment by segment, literal > `*` > `**`; then the longer wins, except over an exact end
-/// where the longer only adds a final `**`.
-fn compare_segments(ours: &[SegmentRank], theirs: &[SegmentRank]) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    let common = ours.len().min(theirs.len());
-    match ours[..common].cmp(&theirs[..common]) {
-        Ordering::Equal => {}
-        decided => return decided,
-    }
-    match (&ours[common..], &theirs[common..]) {
-        ([SegmentRank::Rest], []) => Ordering::Less,
-        ([], [SegmentRank::Rest]) => Ordering::Greater,
-        _ => ours.len().cmp(&theirs.len()),
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_specificity(&self.0, &other.0)
     }
 }
 
 impl PartialOrd for Specificity {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
+    }
+}
+
+/// The specificity order of the module doc; `Greater` means `ours` is more specific.
+fn compare_specificity(ours: &EndpointPattern, theirs: &EndpointPattern) -> Ordering {
+    theirs
+        .matches_everything()
+        .cmp(&ours.matches_everything())
+        .then(ours.method().is_some().cmp(&theirs.method().is_some()))
+        .then_with(|| compare_segments(ours.segments(), theirs.segments()))
+        .then_with(|| theirs.as_str().cmp(ours.as_str()))
+}
+
+/// Segment by segment, literal > `*` > `**`; then the longer wins, except over an exact end
+/// where the longer only adds a final `**`.
+fn compare_segments(ours: &[Segment], theirs: &[Segment]) -> Ordering {
+    let common = ours.len().min(theirs.len());
+    let ours_ranks = ours[..common].iter().map(|s| s.rank());
+    match ours_ranks.cmp(theirs[..common].iter().map(|s| s.rank())) {
+        Ordering::Equal => {}
+        decided => return decided,
+    }
+    match (&ours[common..], &theirs[common..]) {
+        ([Segment::Rest], []) => Ordering::Less,
+        ([], [Segment::Rest]) => Ordering::Greater,
+        _ => ours.len().cmp(&theirs.len()),
     }
 }
 
 /// Patterns compiled for lookup: the most specific matching entry wins.
 ///
-/// Entries are kept sorted by descending [`Specificity`], so the first match is the winner.
-/// Lookups do not allocate, lock or await. If two entries have the same pattern (the store never
-/// produces that), the one given first wins.
+/// Entries are kept sorted by descending [`Specificity`] (so [`PatternSet::iter`] gives the most
+/// specific first), and a segment trie indexes them, so a lookup walks the request path once
+/// instead of trying every pattern: its cost follows the path's length and the branches the
+/// patterns share with it, not the number of patterns. Lookups do not allocate, lock or await.
+/// If two entries have the same pattern (the store never produces that), the one given first
+/// wins.
 #[derive(Clone, Debug)]
 pub struct PatternSet<T> {
     entries: Box<[(EndpointPattern, T)]>,
+    index: Index,
+}
+
+/// The segment trie, flat: nodes in one vector, every literal edge of every node in one hash
+/// table whose keys are not copies but point into the patterns' own canonical strings. A
+/// pattern costs the trie a few dozen bytes, which matters with 100,000 policies in memory.
+#[derive(Clone, Debug)]
+struct Index {
+    /// [`METHODS`] is the root of the tries of patterns with a method: its literal edges are
+    /// the (uppercase) methods. [`ANY_METHOD`] is the root of the trie of patterns without one.
+    nodes: Vec<Node>,
+    edges: HashTable<Edge>,
+    hasher: RandomState,
+    /// The pattern `*`, least specific of all.
+    everything: Option<u32>,
+}
+
+const METHODS: u32 = 0;
+const ANY_METHOD: u32 = 1;
+/// An absent node or pattern position.
+const NONE: u32 = u32::MAX;
+
+/// One trie node: the patterns whose segments so far spell the path from its root. Pattern
+/// positions (in the sorted entries, so smaller is more specific) and node numbers, or [`NONE`].
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    /// The child for `*`.
+    one: u32,
+    /// The pattern that ends here with `**`.
+    rest: u32,
+    /// The pattern that ends here.
+    end: u32,
+}
+
+impl Node {
+    const EMPTY: Self = Self {
+        one: NONE,
+        rest: NONE,
+        end: NONE,
+    };
+}
+
+/// A literal edge `parent → child`. Its text is segment `segment` of the pattern at position
+/// `pattern` (the one that created the edge), or that pattern's method for [`Edge::METHOD`].
+#[derive(Clone, Copy, Debug)]
+struct Edge {
+    parent: u32,
+    child: u32,
+    pattern: u32,
+    segment: u16,
+}
+
+impl Edge {
+    const METHOD: u16 = u16::MAX;
+}
+
+/// The first defined position, as an `Option`.
+fn position(candidates: [u32; 2]) -> Option<u32> {
+    candidates.into_iter().find(|&p| p != NONE)
 }
 
 impl<T> PatternSet<T> {
     /// Compiles `entries`; their order does not matter.
-    pub fn new(entries: Vec<(EndpointPattern, T)>) -> Self {
-        let mut keyed: Vec<(Specificity, (EndpointPattern, T))> = entries
-            .into_iter()
-            .map(|entry| (entry.0.specificity(), entry))
-            .collect();
+    pub fn new(mut entries: Vec<(EndpointPattern, T)>) -> Self {
         // Stable, so among duplicate patterns the first given stays first.
-        keyed.sort_by(|a, b| b.0.cmp(&a.0));
-        Self {
-            entries: keyed.into_iter().map(|(_, entry)| entry).collect(),
+        entries.sort_by(|a, b| compare_specificity(&b.0, &a.0));
+        let mut set = Self {
+            entries: entries.into(),
+            index: Index {
+                nodes: vec![Node::EMPTY; 2],
+                edges: HashTable::new(),
+                hasher: RandomState::new(),
+                everything: None,
+            },
+        };
+        for position in 0..set.entries.len() {
+            set.insert(u32::try_from(position).expect("fewer than 2^32 patterns"));
+        }
+        set.index.nodes.shrink_to_fit();
+        let (index, entries) = (&mut set.index, &set.entries);
+        let hasher = &index.hasher;
+        index
+            .edges
+            .shrink_to_fit(|edge| edge_hash(hasher, edge, entries));
+        set
+    }
+
+    /// Adds the pattern at `position` to the trie (more specific positions first).
+    fn insert(&mut self, position: u32) {
+        let pattern = &self.entries[position as usize].0;
+        let index = &mut self.index;
+        if pattern.matches_everything() {
+            index.everything.get_or_insert(position);
+            return;
+        }
+        let mut node = match pattern.method() {
+            Some(_) => index.literal_child(METHODS, position, Edge::METHOD, &self.entries),
+            None => ANY_METHOD,
+        };
+        for (i, &segment) in pattern.segments().iter().enumerate() {
+            node = match segment {
+                Segment::Literal { .. } => {
+                    let i = u16::try_from(i).expect("at most 1024 bytes, so fewer segments");
+                    index.literal_child(node, position, i, &self.entries)
+                }
+                Segment::One => match index.nodes[node as usize].one {
+                    NONE => {
+                        let child = index.new_node();
+                        index.nodes[node as usize].one = child;
+                        child
+                    }
+                    child => child,
+                },
+                Segment::Rest => {
+                    // `**` is always last; the first (most specific) duplicate keeps its place.
+                    let rest = &mut index.nodes[node as usize].rest;
+                    if *rest == NONE {
+                        *rest = position;
+                    }
+                    return;
+                }
+            };
+        }
+        let end = &mut index.nodes[node as usize].end;
+        if *end == NONE {
+            *end = position;
         }
     }
 
@@ -385,10 +573,45 @@ impl<T> PatternSet<T> {
     /// query string or fragment; they are ignored.
     pub fn find(&self, method: Option<&str>, path: &str) -> Option<&T> {
         let path = strip_query(path);
-        self.entries
-            .iter()
-            .find(|(pattern, _)| pattern.matches_bare_path(method, path))
-            .map(|(_, value)| value)
+        let by_method = method.and_then(|method| {
+            let mut upper = [0u8; MAX_METHOD_LEN];
+            let upper = upper.get_mut(..method.len())?;
+            upper.copy_from_slice(method.as_bytes());
+            upper.make_ascii_uppercase();
+            // Uppercasing ASCII bytes keeps UTF-8 valid, so this never fails.
+            let upper = std::str::from_utf8(upper).ok()?;
+            self.index.child(METHODS, upper, &self.entries)
+        });
+        by_method
+            .and_then(|root| self.find_from(root, path))
+            .or_else(|| self.find_from(ANY_METHOD, path))
+            .or(self.index.everything)
+            .map(|position| &self.entries[position as usize].1)
+    }
+
+    /// Depth-first in specificity order: where the path goes on, a literal child beats `*`,
+    /// which beats a `**` ending here; where it ends, an exact end beats `**` (`/a` over
+    /// `/a/**`). So the first match found is the winner. Each node is visited at most once.
+    fn find_from(&self, node: u32, path: &str) -> Option<u32> {
+        let here = self.index.nodes[node as usize];
+        let Some((segment, after)) = next_segment(path) else {
+            return position([here.end, here.rest]);
+        };
+        self.index
+            .child(node, segment, &self.entries)
+            .and_then(|child| self.find_from(child, after))
+            .or_else(|| match here.one {
+                NONE => None,
+                child => self.find_from(child, after),
+            })
+            .or(position([here.rest, NONE]))
+    }
+
+    /// The value of the pattern `*` ([`EndpointPattern::EVERYTHING`]), if the set has it.
+    pub fn find_everything(&self) -> Option<&T> {
+        self.index
+            .everything
+            .map(|position| &self.entries[position as usize].1)
     }
 
     /// The entries, most specific first.
@@ -405,11 +628,72 @@ impl<T> PatternSet<T> {
     }
 }
 
+impl Index {
+    fn new_node(&mut self) -> u32 {
+        self.nodes.push(Node::EMPTY);
+        u32::try_from(self.nodes.len() - 1).expect("fewer than 2^32 nodes")
+    }
+
+    /// The text an edge stands for.
+    fn edge_text<'e, T>(edge: &Edge, entries: &'e [(EndpointPattern, T)]) -> &'e str {
+        let pattern = &entries[edge.pattern as usize].0;
+        match edge.segment {
+            Edge::METHOD => pattern.method().unwrap_or_default(),
+            i => pattern.literal(pattern.segments()[usize::from(i)]),
+        }
+    }
+
+    fn hash(&self, parent: u32, text: &str) -> u64 {
+        self.hasher.hash_one((parent, text))
+    }
+
+    /// The child of `parent` along the literal `text`.
+    fn child<T>(&self, parent: u32, text: &str, entries: &[(EndpointPattern, T)]) -> Option<u32> {
+        self.edges
+            .find(self.hash(parent, text), |edge| {
+                edge.parent == parent && Self::edge_text(edge, entries) == text
+            })
+            .map(|edge| edge.child)
+    }
+
+    /// The child of `parent` along segment `segment` of the pattern at `pattern` (or its
+    /// method), added when missing.
+    fn literal_child<T>(
+        &mut self,
+        parent: u32,
+        pattern: u32,
+        segment: u16,
+        entries: &[(EndpointPattern, T)],
+    ) -> u32 {
+        let key = Edge {
+            parent,
+            child: NONE,
+            pattern,
+            segment,
+        };
+        let text = Self::edge_text(&key, entries);
+        if let Some(child) = self.child(parent, text, entries) {
+            return child;
+        }
+        let child = self.new_node();
+        let hash = self.hash(parent, text);
+        let hasher = &self.hasher;
+        self.edges
+            .insert_unique(hash, Edge { child, ..key }, |edge| {
+                edge_hash(hasher, edge, entries)
+            });
+        child
+    }
+}
+
+/// An edge's hash, when the table grows or shrinks.
+fn edge_hash<T>(hasher: &RandomState, edge: &Edge, entries: &[(EndpointPattern, T)]) -> u64 {
+    hasher.hash_one((edge.parent, Index::edge_text(edge, entries)))
+}
+
 impl<T> Default for PatternSet<T> {
     fn default() -> Self {
-        Self {
-            entries: Box::new([]),
-        }
+        Self::new(Vec::new())
     }
 }
 
@@ -633,6 +917,87 @@ mod tests {
         assert_eq!(no_match.find(Some("GET"), "/b"), None);
     }
 
+    /// The implementation the index replaced, kept as its oracle: every pattern sorted most
+    /// specific first (by `Specificity`, not by the index's own comparison), the first match wins.
+    struct LinearPatternSet<T> {
+        entries: Vec<(EndpointPattern, T)>,
+    }
+
+    impl<T> LinearPatternSet<T> {
+        fn new(entries: Vec<(EndpointPattern, T)>) -> Self {
+            let mut keyed: Vec<(Specificity, (EndpointPattern, T))> = entries
+                .into_iter()
+                .map(|entry| (entry.0.specificity(), entry))
+                .collect();
+            keyed.sort_by(|a, b| b.0.cmp(&a.0));
+            Self {
+                entries: keyed.into_iter().map(|(_, entry)| entry).collect(),
+            }
+        }
+
+        fn find(&self, method: Option<&str>, path: &str) -> Option<&T> {
+            self.entries
+                .iter()
+                .find(|(pattern, _)| pattern.matches(method, path))
+                .map(|(_, value)| value)
+        }
+    }
+
+    #[test]
+    fn the_index_handles_what_a_trie_gets_wrong_easily() {
+        // Each case: patterns, request, expected winner. Backtracking out of a literal branch
+        // that dead-ends, `**` at the root and as the fallback after a failed `*`, the exact end
+        // over `**`, methods compared case-insensitively and never matched by a longer or empty
+        // request method, duplicates keeping the first.
+        /// (patterns, request method, request path, expected winner)
+        type Case<'a> = (&'a [&'a str], Option<&'a str>, &'a str, Option<&'a str>);
+        let cases: &[Case] = &[
+            (&["/a/b/c", "/a/*/d"], None, "/a/b/d", Some("/a/*/d")),
+            (&["/a/b/c", "/a/**"], None, "/a/b/d", Some("/a/**")),
+            (&["/a/*/c", "/**"], None, "/a/b/d", Some("/**")),
+            (&["/a", "/a/**"], None, "/a/", Some("/a")),
+            (&["/a/**", "/a/*"], None, "/a", Some("/a/**")),
+            (&["/", "/**"], None, "//", Some("/")),
+            (&["/**", "*"], None, "", Some("/**")),
+            (&["*"], Some("GET"), "/x", Some("*")),
+            (&["get /a", "/a/b"], Some("gEt"), "/a", Some("GET /a")),
+            (&["GET /**", "/a"], Some("GET"), "/a", Some("GET /**")),
+            (&["GET /b", "/a"], Some("GET"), "/a", Some("/a")),
+            (&["GET /a"], Some("GETGETGETGETGETGETGETGET"), "/a", None),
+            (&["GET /a"], Some(""), "/a", None),
+            (&["GET /a"], Some("gét"), "/a", None),
+            (&["/a/b", "/a/b"], None, "/a/b", Some("/a/b")),
+        ];
+        for &(patterns, method, path, expected) in cases {
+            let set = PatternSet::new(
+                patterns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, raw)| (pattern(raw), (i, pattern(raw).to_string())))
+                    .collect(),
+            );
+            let found = set.find(method, path);
+            assert_eq!(
+                found.map(|(_, p)| p.as_str()),
+                expected,
+                "{patterns:?} {method:?} {path:?}"
+            );
+            if let [first, second] = patterns
+                && pattern(first) == pattern(second)
+            {
+                assert_eq!(found.map(|(i, _)| *i), Some(0), "the first duplicate wins");
+            }
+        }
+    }
+
+    #[test]
+    fn find_everything_is_the_star_pattern_only() {
+        let with_star = PatternSet::new(vec![(pattern("/**"), 1), (pattern("*"), 2)]);
+        assert_eq!(with_star.find_everything(), Some(&2));
+        let without = PatternSet::new(vec![(pattern("/**"), 1), (pattern("GET /**"), 3)]);
+        assert_eq!(without.find_everything(), None);
+    }
+
     /// Raw pattern text over a small alphabet, with messy slashes and method case, so that random
     /// sets overlap and random paths match often.
     fn raw_pattern() -> impl Strategy<Value = String> {
@@ -711,6 +1076,32 @@ mod tests {
                 prop_assert_eq!(set.find(method, path), expected, "{:?} {:?}", method, path);
                 prop_assert_eq!(reversed.find(method, path), expected);
             }
+        }
+
+        #[test]
+        fn the_index_picks_what_trying_every_pattern_picks(
+            raws in prop::collection::vec(raw_pattern(), 0..40),
+            requests in prop::collection::vec(request(), 1..30),
+        ) {
+            // Duplicates are kept on purpose: both must pick the first one given.
+            let entries: Vec<(EndpointPattern, usize)> = raws
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| EndpointPattern::parse(raw).map(|p| (p, i)))
+                .collect::<Result<_, _>>()
+                .map_err(TestCaseError::fail)?;
+            let index = PatternSet::new(entries.clone());
+            let oracle = LinearPatternSet::new(entries);
+            for (method, path) in &requests {
+                let method = method.as_deref();
+                prop_assert_eq!(
+                    index.find(method, path),
+                    oracle.find(method, path),
+                    "{:?} {:?}", method, path
+                );
+            }
+            let everything = oracle.entries.iter().find(|(p, _)| p.as_str() == "*").map(|(_, v)| v);
+            prop_assert_eq!(index.find_everything(), everything);
         }
 
         #[test]

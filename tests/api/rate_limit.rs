@@ -730,6 +730,56 @@ async fn policy_changes_through_one_instance_bind_another_within_a_second() {
     within_a_second("delete", None).await;
 }
 
+/// The limit `app` applies to `tenant`'s `GET path`, checked without counting.
+async fn limit_of(app: &TestApp, tenant: &str, path: &str) -> Option<u32> {
+    let mut req = call(tenant, "GET", path);
+    req.descriptors[0].hits_addend = Some(0);
+    check(app, req).await.statuses[0]
+        .current_limit
+        .as_ref()
+        .map(|l| l.requests_per_unit)
+}
+
+#[tokio::test]
+async fn each_change_binds_the_very_next_check_on_the_instance_that_made_it() {
+    let app = spawn_with_redis().await;
+    let (tenant, admin) = (unique_tenant("next"), app.admin_token());
+    // Another tenant's policy, which no change below may disturb.
+    let bystander = unique_tenant("bystander");
+    policy(&app, new_policy(&bystander, "/n", 3)).await;
+
+    let created = app.create_ok(&admin, new_policy(&tenant, "/n", 5)).await;
+    assert_eq!(limit_of(&app, &tenant, "/n").await, Some(5), "create");
+
+    let mut changed = created.clone();
+    changed.etag.clear();
+    changed.max_requests = 6;
+    changed.endpoint_pattern = "/m/**".into();
+    app.update(&admin, changed, &["max_requests", "endpoint_pattern"])
+        .await
+        .unwrap();
+    assert_eq!(limit_of(&app, &tenant, "/m/x").await, Some(6), "update");
+    assert_eq!(limit_of(&app, &tenant, "/n").await, None, "old pattern");
+
+    let mut disabled = created.clone();
+    disabled.etag.clear();
+    disabled.enabled = Some(false);
+    app.update(&admin, disabled.clone(), &["enabled"])
+        .await
+        .unwrap();
+    assert_eq!(limit_of(&app, &tenant, "/m/x").await, None, "disable");
+
+    disabled.enabled = Some(true);
+    app.update(&admin, disabled, &["enabled"]).await.unwrap();
+    assert_eq!(limit_of(&app, &tenant, "/m/x").await, Some(6), "re-enable");
+
+    app.delete(&admin, &created.id, "").await.unwrap();
+    assert_eq!(limit_of(&app, &tenant, "/m/x").await, None, "delete");
+    assert_eq!(limit_of(&app, &bystander, "/n").await, Some(3));
+    let metrics = http_get(app.http_addr, "/metrics").await.unwrap().body;
+    assert!(metrics.contains("\nsluice_policies 1\n"), "{metrics}");
+}
+
 #[tokio::test]
 async fn decisions_continue_from_the_snapshot_while_postgres_is_unreachable() {
     let app = spawn_with_redis().await;
