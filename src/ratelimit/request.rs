@@ -70,6 +70,9 @@ pub struct ParsedDescriptor<'a> {
     /// The tenant entry's value exactly as sent, or `anonymous` when the descriptor has none (or
     /// an empty one).
     pub tenant: &'a [u8],
+    /// The tenant as text, when it is valid UTF-8 (only then can it name a tenant's policies);
+    /// checked once here, since the lookup and the counter key both need it.
+    pub tenant_text: Option<&'a str>,
     /// The path entry up to its first `?` or `#`, as text for matching.
     pub path: Option<Cow<'a, str>>,
     /// The method entry as text for matching; `None` when absent or empty.
@@ -80,13 +83,6 @@ pub struct ParsedDescriptor<'a> {
     pub limit_override: Option<LimitOverride>,
     /// Index of the descriptor in the request.
     pub index: usize,
-}
-
-impl ParsedDescriptor<'_> {
-    /// The tenant as text, when it is valid UTF-8 (only then can it name a tenant's policies).
-    pub fn tenant_text(&self) -> Option<&str> {
-        std::str::from_utf8(self.tenant).ok()
-    }
 }
 
 /// What is wrong with a request; becomes INVALID_ARGUMENT.
@@ -145,6 +141,7 @@ fn parse_descriptor<'a>(
     }
     let mut parsed = ParsedDescriptor {
         tenant: TenantId::ANONYMOUS.as_bytes(),
+        tenant_text: Some(TenantId::ANONYMOUS),
         path: None,
         method: None,
         hits: descriptor.hits_addend.unwrap_or(request_hits),
@@ -165,6 +162,7 @@ fn parse_descriptor<'a>(
         if key == keys.tenant.as_bytes() {
             if !value.is_empty() {
                 parsed.tenant = value;
+                parsed.tenant_text = std::str::from_utf8(value).ok();
             }
         } else if key == keys.path.as_bytes() {
             parsed.path = Some(String::from_utf8_lossy(before_query(value)));
@@ -246,7 +244,7 @@ mod tests {
             descriptor(&[("path", "/v1/x#top")]),
         ]);
         let parsed = parse_request(&req, &DescriptorKeys::default()).unwrap();
-        assert_eq!(parsed[0].tenant_text(), Some("acme"));
+        assert_eq!(parsed[0].tenant_text, Some("acme"));
         assert_eq!(parsed[0].path.as_deref(), Some("/v1/x"), "cut at `?`");
         assert_eq!(parsed[0].method.as_deref(), Some("GET"));
         assert_eq!(parsed[0].hits, 1);
@@ -271,7 +269,7 @@ mod tests {
         let parsed = parse_request(&req, &keys).unwrap();
         assert_eq!(
             (
-                parsed[0].tenant_text(),
+                parsed[0].tenant_text,
                 parsed[0].path.as_deref(),
                 parsed[0].method.as_deref()
             ),
@@ -354,7 +352,7 @@ mod tests {
         assert_eq!(parsed[0].path.as_deref(), Some("/v1/orders"));
         let parsed = parse_request(&cases[3], &DescriptorKeys::default()).unwrap();
         assert_eq!(parsed[0].tenant, b"ac\xffme", "the tenant's exact bytes");
-        assert_eq!(parsed[0].tenant_text(), None);
+        assert_eq!(parsed[0].tenant_text, None);
         assert_eq!(parsed[0].path.as_deref(), Some("/v1/\u{fffd}(/x"));
         assert_eq!(parsed[0].method.as_deref(), Some("G\u{fffd}T"));
     }

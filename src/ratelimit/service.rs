@@ -109,7 +109,7 @@ impl<'a> Plan<'a> {
         policy: Option<&'a Arc<ActivePolicy>>,
         entries: &[(&[u8], &[u8])],
     ) -> Option<Self> {
-        let counter_tenant = counter_tenant(descriptor.tenant);
+        let counter_tenant = counter_tenant(descriptor.tenant, descriptor.tenant_text);
         match (policy, descriptor.limit_override) {
             (None, None) => None,
             (Some(policy), None) => Some(Self {
@@ -207,9 +207,9 @@ impl<'a> Plan<'a> {
 /// hash of its exact bytes (`~` and 24 hex digits; `~` is never part of a tenant id), so a value
 /// of any length or bytes can never break the `{tenant}` hash tag, and two different values never
 /// share a counter by accident.
-fn counter_tenant(tenant: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(tenant) {
-        Ok(text)
+fn counter_tenant<'a>(tenant: &'a [u8], text: Option<&'a str>) -> Cow<'a, str> {
+    match text {
+        Some(text)
             if !text.is_empty()
                 && text.len() <= MAX_TENANT_ID_LEN
                 && text.chars().all(is_tenant_char) =>
@@ -280,7 +280,7 @@ impl RateLimiter {
                 // A tenant that is not UTF-8 names no tenant's policies (no stored tenant id is
                 // empty), so only the `*` defaults can match it.
                 let policy = snapshot.lookup(
-                    d.tenant_text().unwrap_or(""),
+                    d.tenant_text.unwrap_or(""),
                     d.method.as_deref(),
                     d.path.as_deref(),
                 );
@@ -557,6 +557,9 @@ mod tests {
 
     #[test]
     fn counter_tenants_keep_valid_ids_and_hash_the_rest() {
+        let counter_tenant = |bytes: &[u8]| {
+            super::counter_tenant(bytes, std::str::from_utf8(bytes).ok()).into_owned()
+        };
         assert_eq!(counter_tenant(b"acme"), "acme");
         assert_eq!(counter_tenant(b"anonymous"), "anonymous");
         let long = "x".repeat(65);
@@ -619,6 +622,7 @@ mod tests {
         for ((requests_per_unit, unit, seconds), (key, burst, reported)) in cases {
             let descriptor = ParsedDescriptor {
                 tenant: b"acme",
+                tenant_text: Some("acme"),
                 path: None,
                 method: None,
                 hits: 1,
