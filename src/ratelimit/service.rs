@@ -684,8 +684,17 @@ mod tests {
 
     /// A limiter over the in-process counter with `policies` (tenant, pattern, max, window).
     fn in_memory_limiter(policies: &[(&str, &str, u32, u32)]) -> RateLimiter {
+        use crate::ratelimit::counter::InMemoryCounter;
+        limiter_over(Arc::new(InMemoryCounter::new(1_000)), policies)
+    }
+
+    /// A limiter over `counter` with `policies` (tenant, pattern, max, window).
+    fn limiter_over(
+        counter: Arc<dyn SlidingWindowCounter>,
+        policies: &[(&str, &str, u32, u32)],
+    ) -> RateLimiter {
         use crate::domain::{EndpointPattern, Limits, Policy, PolicyId, PolicyTenant};
-        use crate::ratelimit::{counter::InMemoryCounter, snapshot::PolicySnapshot};
+        use crate::ratelimit::snapshot::PolicySnapshot;
 
         let snapshot = Arc::new(SharedSnapshot::new());
         snapshot.store(PolicySnapshot::build(policies.iter().map(
@@ -703,7 +712,7 @@ mod tests {
         )));
         RateLimiter::new(
             snapshot,
-            Arc::new(InMemoryCounter::new(1_000)),
+            counter,
             RateLimiterConfig {
                 keys: DescriptorKeys::default(),
                 deadline: Duration::from_secs(1),
@@ -802,6 +811,55 @@ mod tests {
         assert_eq!(response.statuses[1].code, Code::OverLimit as i32);
         let busy_left = decide(&limiter, vec![descriptor("busy", "/m", None, Some(0))]).await;
         assert_eq!(busy_left.statuses[0].limit_remaining, 5);
+    }
+
+    /// A counter whose every call fails with the error `fail` makes: how the service answers a
+    /// failure does not depend on which counter reported it.
+    struct FailingCounter(fn() -> CounterError);
+
+    #[async_trait::async_trait]
+    impl SlidingWindowCounter for FailingCounter {
+        async fn check(
+            &self,
+            _tenant: &str,
+            _checks: &[CounterCheck<'_>],
+            _deadline: tokio::time::Instant,
+        ) -> Result<Vec<CounterVerdict>, CounterError> {
+            Err((self.0)())
+        }
+    }
+
+    /// After 20 requests answered by a counter failing with `fail`: fail-open `overloaded`,
+    /// fail-open `timeout` or `redis_error`, fail-open `breaker_open`,
+    /// `sluice_redis_errors_total`, `sluice_circuit_open`.
+    async fn after_twenty_failures(fail: fn() -> CounterError) -> (u64, u64, u64, u64, i64) {
+        let limiter = limiter_over(Arc::new(FailingCounter(fail)), &[("acme", "/f", 10, 60)]);
+        for _ in 0..20 {
+            let response = decide(&limiter, vec![descriptor("acme", "/f", None, None)]).await;
+            assert_eq!(response.overall_code, Code::Ok as i32, "fail-open allows");
+            assert!(response.statuses[0].current_limit.is_none());
+        }
+        let fail_open = |reason: FailureReason| limiter.metrics.checks_fail_open(reason).get();
+        (
+            fail_open(FailureReason::Overloaded),
+            fail_open(FailureReason::Timeout) + fail_open(FailureReason::RedisError),
+            fail_open(FailureReason::BreakerOpen),
+            limiter.metrics.redis_errors.get(),
+            limiter.metrics.circuit_open.get(),
+        )
+    }
+
+    #[tokio::test]
+    async fn being_busy_fails_open_as_overloaded_and_never_opens_the_breaker() {
+        assert_eq!(
+            after_twenty_failures(|| CounterError::Overloaded).await,
+            (20, 0, 0, 0, 0)
+        );
+        // Calls that were sent and not answered in time open it after five.
+        assert_eq!(
+            after_twenty_failures(|| CounterError::Late).await,
+            (0, 5, 15, 5, 1)
+        );
     }
 
     #[test]
