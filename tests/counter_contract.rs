@@ -744,6 +744,20 @@ mod redis {
         );
     }
 
+    /// `remaining` of the counter `key_suffix` (limit 10) once Redis answers again after a thaw.
+    async fn remaining_after_thaw(counter: &RedisCounter, key_suffix: &str) -> u32 {
+        for _ in 0..50 {
+            match counter
+                .check(TENANT, &[check(key_suffix, 0, 60_000)], far_deadline())
+                .await
+            {
+                Ok(verdicts) => return verdicts[0].remaining,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("Redis does not answer again after the thaw");
+    }
+
     /// A frozen Redis runs the commands waiting on its socket when it resumes. A call its caller
     /// has already answered as failed (here: the 50 ms deadline passed) must record nothing then.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -780,22 +794,9 @@ mod redis {
         redis.thaw();
 
         // The five calls ran when Redis resumed, after their deadlines: none of them counted.
-        let mut after = None;
-        for _ in 0..50 {
-            match counter
-                .check(TENANT, &[check("p:frozen", 0, 60_000)], far_deadline())
-                .await
-            {
-                Ok(verdicts) => {
-                    after = Some(verdicts[0]);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let after = after.expect("Redis answers again after the thaw");
         assert_eq!(
-            after.remaining, 9,
+            remaining_after_thaw(&counter, "p:frozen").await,
+            9,
             "{failed} calls answered as failed must not have counted"
         );
     }
@@ -968,22 +969,9 @@ mod redis {
         }
         redis.thaw();
 
-        let mut after = None;
-        for _ in 0..50 {
-            match counter
-                .check(TENANT, &[check("p:queued", 0, 60_000)], far_deadline())
-                .await
-            {
-                Ok(verdicts) => {
-                    after = Some(verdicts[0]);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let after = after.expect("Redis answers again after the thaw");
         assert_eq!(
-            after.remaining, 9,
+            remaining_after_thaw(&counter, "p:queued").await,
+            9,
             "nothing of the 21 failed requests counted"
         );
     }
