@@ -159,11 +159,14 @@ pub struct Metrics {
     pub checks_allowed: IntCounter,
     pub checks_denied: IntCounter,
     pub checks_shadow_denied: IntCounter,
-    pub checks_fail_open: IntCounter,
     pub checks_unmatched: IntCounter,
+    /// `sluice_checks_total{decision="fail_open",reason}`, one handle per
+    /// [`FailureReason`]; see [`Metrics::checks_fail_open`].
+    checks_fail_open: [IntCounter; FailureReason::ALL.len()],
     /// `sluice_check_duration_seconds`: one `ShouldRateLimit`, parse to response.
     pub check_duration: Histogram,
-    /// `sluice_redis_errors_total`: counter steps that failed or missed the deadline.
+    /// `sluice_redis_errors_total`: counter steps Redis failed or did not answer by the deadline
+    /// (reasons `redis_error` and `timeout`; never an open breaker or a busy Sluice).
     pub redis_errors: IntCounter,
     /// `sluice_circuit_open`: 1 while the breaker answers without Redis.
     pub circuit_open: IntGauge,
@@ -171,6 +174,69 @@ pub struct Metrics {
     pub policies: IntGauge,
     /// `sluice_grpc_requests_total{method, code}` and `sluice_grpc_request_duration_seconds{method}`.
     grpc: Arc<GrpcSeries>,
+}
+
+/// Why the counter step gave no decision: the `reason` label of
+/// `sluice_checks_total{decision="fail_open"}` and the `reason` field of the warning log. A fixed
+/// set, so the label can never take a value from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Redis answered with an error, or could not be reached.
+    RedisError,
+    /// A call was sent and not answered by the deadline (or reached Redis after it).
+    Timeout,
+    /// The circuit breaker is open: Redis was not asked.
+    BreakerOpen,
+    /// Sluice was busy: the check waited for a call until its deadline and was never sent (or
+    /// the in-process counter tracks as many counters as it may).
+    Overloaded,
+}
+
+impl FailureReason {
+    /// Every reason, in the order of the metric handles.
+    pub const ALL: [FailureReason; 4] = [
+        FailureReason::RedisError,
+        FailureReason::Timeout,
+        FailureReason::BreakerOpen,
+        FailureReason::Overloaded,
+    ];
+
+    /// The label value: `redis_error`, `timeout`, `breaker_open` or `overloaded`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::RedisError => "redis_error",
+            FailureReason::Timeout => "timeout",
+            FailureReason::BreakerOpen => "breaker_open",
+            FailureReason::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// `sluice_checks_total` as one family: the `{decision}` series, and the fail-open series with
+/// their `{decision, reason}`. Two vectors because a vector has one set of label names, one
+/// collector because a registry takes one descriptor per metric name.
+struct ChecksCollector {
+    by_decision: IntCounterVec,
+    fail_open: IntCounterVec,
+}
+
+impl prometheus::core::Collector for ChecksCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.by_decision.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.by_decision.collect();
+        let fail_open = self
+            .fail_open
+            .collect()
+            .into_iter()
+            .flat_map(|mut family| family.take_metric());
+        if let Some(family) = families.first_mut() {
+            family.mut_metric().extend(fail_open);
+        }
+        families
+    }
 }
 
 /// The `/package.Service/Method` paths Sluice serves: the only `method` label values besides
@@ -260,14 +326,13 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let checks = IntCounterVec::new(
-            Opts::new(
-                "sluice_checks_total",
-                "Rate-limit decisions, one per descriptor",
-            ),
-            &["decision"],
-        )
-        .expect("valid metric");
+        let checks_opts = Opts::new(
+            "sluice_checks_total",
+            "Rate-limit decisions, one per descriptor; fail_open with its reason",
+        );
+        let checks = IntCounterVec::new(checks_opts.clone(), &["decision"]).expect("valid metric");
+        let fail_open =
+            IntCounterVec::new(checks_opts, &["decision", "reason"]).expect("valid metric");
         let check_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "sluice_check_duration_seconds",
@@ -278,7 +343,7 @@ impl Metrics {
         .expect("valid metric");
         let redis_errors = IntCounter::new(
             "sluice_redis_errors_total",
-            "Counter steps that failed or missed RATE_LIMIT_REDIS_TIMEOUT_MS",
+            "Counter steps that Redis failed or did not answer within RATE_LIMIT_REDIS_TIMEOUT_MS",
         )
         .expect("valid metric");
         let circuit_open = IntGauge::new(
@@ -309,7 +374,10 @@ impl Metrics {
         )
         .expect("valid metric");
         for collector in [
-            Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ChecksCollector {
+                by_decision: checks.clone(),
+                fail_open: fail_open.clone(),
+            }) as Box<dyn prometheus::core::Collector>,
             Box::new(check_duration.clone()),
             Box::new(redis_errors.clone()),
             Box::new(circuit_open.clone()),
@@ -325,7 +393,8 @@ impl Metrics {
             checks_allowed: checks.with_label_values(&["allowed"]),
             checks_denied: checks.with_label_values(&["denied"]),
             checks_shadow_denied: checks.with_label_values(&["shadow_denied"]),
-            checks_fail_open: checks.with_label_values(&["fail_open"]),
+            checks_fail_open: FailureReason::ALL
+                .map(|reason| fail_open.with_label_values(&["fail_open", reason.as_str()])),
             checks_unmatched: checks.with_label_values(&["unmatched"]),
             check_duration,
             redis_errors,
@@ -334,6 +403,12 @@ impl Metrics {
             grpc: Arc::new(GrpcSeries::new(grpc_requests, grpc_duration)),
             registry,
         }
+    }
+
+    /// `sluice_checks_total{decision="fail_open",reason}` for `reason`.
+    pub fn checks_fail_open(&self, reason: FailureReason) -> &IntCounter {
+        // ALL lists every variant once, in declaration order.
+        &self.checks_fail_open[reason as usize]
     }
 
     /// Registers `sluice_redis_up` (1 while Redis answers, else 0) and returns it. Only an
@@ -585,7 +660,7 @@ mod tests {
     fn exports_every_spec_series() {
         let metrics = Metrics::new();
         metrics.checks_allowed.inc();
-        metrics.checks_fail_open.inc();
+        metrics.checks_fail_open(FailureReason::Overloaded).inc();
         metrics.check_duration.observe(0.001);
         metrics.observe_grpc(
             "/sluice.admin.v1.PolicyService/GetPolicy",
@@ -595,7 +670,8 @@ mod tests {
         let text = metrics.render();
         for needle in [
             "sluice_checks_total{decision=\"allowed\"} 1",
-            "sluice_checks_total{decision=\"fail_open\"} 1",
+            "sluice_checks_total{decision=\"fail_open\",reason=\"overloaded\"} 1",
+            "sluice_checks_total{decision=\"fail_open\",reason=\"timeout\"} 0",
             "sluice_check_duration_seconds_bucket",
             "sluice_redis_errors_total 0",
             "sluice_circuit_open 0",

@@ -744,6 +744,20 @@ mod redis {
         );
     }
 
+    /// `remaining` of the counter `key_suffix` (limit 10) once Redis answers again after a thaw.
+    async fn remaining_after_thaw(counter: &RedisCounter, key_suffix: &str) -> u32 {
+        for _ in 0..50 {
+            match counter
+                .check(TENANT, &[check(key_suffix, 0, 60_000)], far_deadline())
+                .await
+            {
+                Ok(verdicts) => return verdicts[0].remaining,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("Redis does not answer again after the thaw");
+    }
+
     /// A frozen Redis runs the commands waiting on its socket when it resumes. A call its caller
     /// has already answered as failed (here: the 50 ms deadline passed) must record nothing then.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -780,30 +794,339 @@ mod redis {
         redis.thaw();
 
         // The five calls ran when Redis resumed, after their deadlines: none of them counted.
-        let mut after = None;
-        for _ in 0..50 {
-            match counter
-                .check(TENANT, &[check("p:frozen", 0, 60_000)], far_deadline())
-                .await
-            {
-                Ok(verdicts) => {
-                    after = Some(verdicts[0]);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let after = after.expect("Redis answers again after the thaw");
         assert_eq!(
-            after.remaining, 9,
+            remaining_after_thaw(&counter, "p:frozen").await,
+            9,
             "{failed} calls answered as failed must not have counted"
         );
+    }
+
+    /// `EVALSHA` calls the server on `port` has run since it started.
+    async fn evalsha_calls(port: u16) -> u64 {
+        let config = Config::from_url(&format!("redis://127.0.0.1:{port}")).expect("node URL");
+        let client = Builder::from_config(config).build().expect("client");
+        client.init().await.expect("connect to the node");
+        let stats: String = command(&client, "INFO", vec!["commandstats".into()]).await;
+        let _ = client.quit().await;
+        stats
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("cmdstat_evalsha:calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Single-hit requests of `tenants`, interleaved (`per_tenant` each), all in flight at once;
+    /// the number allowed per tenant.
+    async fn flood(
+        counter: &RedisCounter,
+        tenants: &[String],
+        per_tenant: usize,
+        max_requests: u32,
+    ) -> Vec<usize> {
+        let one = CounterCheck {
+            key_suffix: "p:flood",
+            max_requests,
+            window_ms: 60_000,
+            burst_limit: 0,
+            hits: 1,
+            enforcing: true,
+        };
+        let checks = [one];
+        let calls = (0..per_tenant)
+            .flat_map(|_| tenants.iter())
+            .map(|tenant| async move {
+                let verdicts = counter
+                    .check(tenant, &checks, far_deadline())
+                    .await
+                    .expect("counter check");
+                (tenant, verdicts[0].allowed)
+            });
+        let answers = futures_util::future::join_all(calls).await;
+        tenants
+            .iter()
+            .map(|t| {
+                answers
+                    .iter()
+                    .filter(|(tenant, allowed)| *tenant == t && *allowed)
+                    .count()
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_script_calls_and_admit_exactly_max() {
+        let redis = support::OwnedRedis::start().await;
+        let counter = RedisCounter::connect(&redis.url, None, 2, unique_prefix())
+            .await
+            .expect("connect to the owned Redis");
+        let before = evalsha_calls(redis.port).await;
+        let allowed = flood(&counter, &[TENANT.to_owned()], 200, 50).await;
+        let calls = evalsha_calls(redis.port).await - before;
+        assert_eq!(allowed, [50]);
+        assert!(
+            (1..=20).contains(&calls),
+            "200 requests took {calls} script calls"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_call_mixes_tenants_on_a_standalone_redis() {
+        let redis = support::OwnedRedis::start().await;
+        let counter = RedisCounter::connect(&redis.url, None, 1, unique_prefix())
+            .await
+            .expect("connect to the owned Redis");
+        let tenants: Vec<String> = (0..8).map(|i| format!("tenant-{i}")).collect();
+        let before = evalsha_calls(redis.port).await;
+        let allowed = flood(&counter, &tenants, 20, 5).await;
+        let calls = evalsha_calls(redis.port).await - before;
+        assert_eq!(allowed, [5; 8]);
+        // A queue per tenant would need at least two calls per tenant (its first request
+        // alone, then the rest): 16.
+        assert!(
+            (1..=6).contains(&calls),
+            "160 requests of 8 tenants took {calls} script calls"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_call_holds_one_slot_on_redis_cluster() {
+        let cluster = support::OwnedRedisCluster::start().await;
+        let counter = RedisCounter::connect(&cluster.url, None, 2, unique_prefix())
+            .await
+            .expect("connect to the owned cluster");
+        let tenants: Vec<String> = (0..12).map(|i| format!("tenant-{i}")).collect();
+        let mut before = 0;
+        for port in &cluster.ports {
+            before += evalsha_calls(*port).await;
+        }
+        // A call holding keys of two slots would fail with CROSSSLOT, and `flood` would panic.
+        let allowed = flood(&counter, &tenants, 25, 10).await;
+        let mut calls = 0;
+        for port in &cluster.ports {
+            calls += evalsha_calls(*port).await;
+        }
+        let calls = calls - before;
+        assert_eq!(allowed, [10; 12]);
+        assert!(
+            (12..100).contains(&calls),
+            "300 requests of 12 tenants took {calls} script calls"
+        );
+        assert!(
+            cluster
+                .ports
+                .iter()
+                .filter(|p| cluster.keys_on(**p) > 0)
+                .count()
+                >= 2,
+            "the tenants' keys are spread over the nodes"
+        );
+    }
+
+    /// Requests queued behind a call to a frozen Redis pass their deadline in the queue: each is
+    /// answered `Overloaded` at its own deadline, is never sent, and counts nothing after the thaw.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_whose_deadline_passes_in_the_queue_is_never_sent() {
+        let redis = support::OwnedRedis::start().await;
+        let counter = RedisCounter::connect(&redis.url, None, 1, unique_prefix())
+            .await
+            .expect("connect to the owned Redis");
+        counter.set_command_timeout(Duration::from_millis(300));
+        let checks = [check("p:queued", 1, 60_000)];
+        let seed = counter
+            .check(TENANT, &checks, far_deadline())
+            .await
+            .expect("Redis answers before the freeze");
+        assert_eq!(seed[0].remaining, 9);
+
+        redis.freeze();
+        let started = Instant::now();
+        let now = tokio::time::Instant::now();
+        // The first request takes the one connection and waits on the frozen Redis for 300 ms;
+        // the others queue behind it with 50 ms deadlines.
+        let first = counter.check(TENANT, &checks, now + Duration::from_millis(300));
+        let queued = (0..20).map(|_| async {
+            let result = counter
+                .check(TENANT, &checks, now + Duration::from_millis(50))
+                .await;
+            (result, started.elapsed())
+        });
+        let (first, queued) = tokio::join!(first, futures_util::future::join_all(queued));
+        assert!(matches!(first, Err(CounterError::Timeout(_))), "{first:?}");
+        for (result, answered_after) in &queued {
+            assert!(
+                matches!(result, Err(CounterError::Overloaded)),
+                "{result:?}"
+            );
+            assert!(
+                *answered_after < Duration::from_millis(250),
+                "answered at its own deadline, not when the call ahead ended: {answered_after:?}"
+            );
+        }
+        redis.thaw();
+
+        assert_eq!(
+            remaining_after_thaw(&counter, "p:queued").await,
+            9,
+            "nothing of the 21 failed requests counted"
+        );
+    }
+
+    /// Exactness under load: 4,000 requests, 256 in flight, over two counters (two Sluice
+    /// instances) sharing one Redis, at a limit of 1,000.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_under_load_admit_exactly_max() {
+        const REQUESTS: usize = 4_000;
+        const IN_FLIGHT: usize = 256;
+        let prefix = unique_prefix();
+        let instances = [
+            Arc::new(redis_counter_with_prefix(&prefix).await),
+            Arc::new(redis_counter_with_prefix(&prefix).await),
+        ];
+        let limit = CounterCheck {
+            max_requests: 1_000,
+            ..check("p:exact-under-load", 1, 60_000)
+        };
+        let workers: Vec<_> = (0..IN_FLIGHT)
+            .map(|worker| {
+                let instances = instances.clone();
+                tokio::spawn(async move {
+                    let mut allowed = 0;
+                    for request in (worker..REQUESTS).step_by(IN_FLIGHT) {
+                        let counter = &instances[request % 2];
+                        let verdicts = counter
+                            .check(TENANT, &[limit], far_deadline())
+                            .await
+                            .expect("counter check");
+                        allowed += usize::from(verdicts[0].allowed);
+                    }
+                    allowed
+                })
+            })
+            .collect();
+        let mut allowed = 0;
+        for worker in workers {
+            allowed += worker.await.expect("worker");
+        }
+        assert_eq!(allowed, 1_000);
+        let probe = instances[0]
+            .check(TENANT, &[CounterCheck { hits: 0, ..limit }], far_deadline())
+            .await
+            .expect("probe");
+        assert_eq!(probe[0].remaining, 0);
     }
 
     #[tokio::test]
     async fn prefix_with_braces_is_refused() {
         let result = RedisCounter::connect(&test_redis_url().await, None, 1, "bad{prefix}:").await;
         assert!(matches!(result, Err(CounterError::Config(_))), "{result:?}");
+    }
+}
+
+/// Many requests in flight at once: the Redis counter decides them in shared script calls, and
+/// both counters must answer exactly as if each request were decided alone, in arrival order.
+/// `join_all` polls the requests in order, so they reach the counter in that order; the Redis
+/// counter has one connection here, so every call after the first carries everything queued
+/// meanwhile, in order.
+mod concurrent_requests {
+    use futures_util::future::join_all;
+
+    use super::*;
+
+    fn check(key_suffix: &'static str, max_requests: u32, hits: u32) -> CounterCheck<'static> {
+        CounterCheck {
+            key_suffix,
+            max_requests,
+            window_ms: 60_000,
+            burst_limit: 0,
+            hits,
+            enforcing: true,
+        }
+    }
+
+    /// (allowed, remaining) per check of each request.
+    async fn decide_together(
+        counter: &dyn SlidingWindowCounter,
+        requests: &[Vec<CounterCheck<'static>>],
+    ) -> Vec<Vec<(bool, u32)>> {
+        join_all(
+            requests
+                .iter()
+                .map(|checks| counter.check(TENANT, checks, far_deadline())),
+        )
+        .await
+        .into_iter()
+        .map(|verdicts| {
+            verdicts
+                .expect("counter check")
+                .iter()
+                .map(|v| (v.allowed, v.remaining))
+                .collect()
+        })
+        .collect()
+    }
+
+    async fn keep_each_requests_semantics_in_arrival_order(counter: Arc<dyn SlidingWindowCounter>) {
+        let a = |hits| check("p:a", 5, hits);
+        let b = |hits| check("p:b", 3, hits);
+        let burst = CounterCheck {
+            burst_limit: 2,
+            ..check("p:c", 10, 1)
+        };
+        let d = |hits| check("p:d", 5, hits);
+        let shadow_a = CounterCheck {
+            enforcing: false,
+            ..a(1)
+        };
+        let requests = vec![
+            vec![a(1), b(1)],
+            vec![a(1)],
+            vec![a(1), b(2)],
+            vec![a(1), b(1)], // b is full: all or nothing, a records nothing either
+            vec![a(2)],       // weights: the two hits a still has
+            vec![shadow_a, b(0)], // a shadow over its limit never blocks
+            vec![burst],
+            vec![burst],
+            vec![burst],      // a third hit within one second is over the burst limit
+            vec![d(2), d(2)], // a key named twice counts both
+            vec![d(1), d(1)], // the second naming does not fit: nothing recorded
+            vec![d(1)],
+            vec![a(0), b(0)],
+        ];
+        let expected = vec![
+            vec![(true, 4), (true, 2)],
+            vec![(true, 3)],
+            vec![(true, 2), (true, 0)],
+            vec![(true, 2), (false, 0)],
+            vec![(true, 0)],
+            vec![(false, 0), (true, 0)],
+            vec![(true, 1)],
+            vec![(true, 0)],
+            vec![(false, 0)],
+            vec![(true, 1), (true, 1)],
+            vec![(true, 1), (false, 1)],
+            vec![(true, 0)],
+            vec![(true, 0), (true, 0)],
+        ];
+        assert_eq!(decide_together(&*counter, &requests).await, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory() {
+        keep_each_requests_semantics_in_arrival_order(crate::memory_counter().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        let url = test_redis_url().await;
+        let counter = RedisCounter::connect(&url, None, 1, unique_prefix())
+            .await
+            .expect("connect to the test Redis");
+        keep_each_requests_semantics_in_arrival_order(Arc::new(counter)).await;
     }
 }
 

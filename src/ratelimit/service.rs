@@ -3,10 +3,12 @@
 //! ([`super::snapshot`], no await, no lock) → one counter call per tenant, all under one deadline
 //! ([`super::counter`], guarded by [`super::breaker`]) → build the response.
 //!
-//! Failures of the counter step (error, deadline, open breaker) answer per
-//! `SLUICE_FAILURE_MODE`: `open` allows the request (decision `fail_open`, no limit reported so
-//! Envoy adds no misleading headers); `unavailable` answers gRPC UNAVAILABLE and Envoy's
-//! `failure_mode_deny` decides.
+//! Failures of the counter step answer per `SLUICE_FAILURE_MODE`, each with its
+//! [`FailureReason`] (a Redis error, a call not answered by the deadline, an open breaker, or a
+//! check that waited for a call until its deadline): `open` allows the request (decision
+//! `fail_open{reason}`, no limit reported so Envoy adds no misleading headers); `unavailable`
+//! answers gRPC UNAVAILABLE and Envoy's `failure_mode_deny` decides. Only calls actually sent
+//! that fail or time out count towards the breaker: being busy never opens it.
 
 use std::{
     borrow::Cow,
@@ -37,7 +39,7 @@ use crate::{
         r#type::v3::RateLimitUnit,
     },
     settings::FailureMode,
-    telemetry::{Metrics, error_chain},
+    telemetry::{FailureReason, Metrics, error_chain},
 };
 
 /// `ErrorInfo.reason` of a request whose shape Envoy's configuration got wrong (SPEC §3).
@@ -85,6 +87,14 @@ impl RateLimiter {
             over_limit: OverLimitCache::default(),
         }
     }
+}
+
+/// What the counter step gave for a request's tenant groups.
+enum CounterStep {
+    /// One verdict list per tenant group, in group order.
+    Counted(Vec<Vec<CounterVerdict>>),
+    /// No decision, for this reason; the failure mode is `open`, so the request is allowed.
+    FailedOpen(FailureReason),
 }
 
 /// How one descriptor is counted.
@@ -330,16 +340,21 @@ impl RateLimiter {
                 }
             }
         }
+        let mut failed_open = None;
         if !groups.is_empty() {
             let counted = match self.count(&plans, &groups, denied_from_memory).await {
-                Ok(counted) => counted,
+                Ok(CounterStep::Counted(verdicts)) => verdicts,
+                Ok(CounterStep::FailedOpen(reason)) => {
+                    failed_open = Some(reason);
+                    Vec::new()
+                }
                 // Already denied: a failed read leaves the statuses without a limit, never
                 // turns the denial into UNAVAILABLE.
-                Err(_) if denied_from_memory => None,
+                Err(_) if denied_from_memory => Vec::new(),
                 Err(status) => return Err(status),
             };
-            // `None`: the counter step failed open; those descriptors stay without a verdict.
-            for ((_, members), verdicts) in groups.iter().zip(counted.into_iter().flatten()) {
+            // Empty when the step failed: those descriptors stay without a verdict.
+            for ((_, members), verdicts) in groups.iter().zip(counted) {
                 self.learn(&plans, members, &verdicts, generation, now);
                 for (i, mut verdict) in members.iter().zip(verdicts) {
                     if let Some(plan) = &plans[*i]
@@ -364,8 +379,10 @@ impl RateLimiter {
                 (Some(_), None) => {
                     // The counter step failed: the failure mode is `open`, or the request was
                     // already denied from memory and only its read failed — not a fail-open.
-                    if !denied_from_memory {
-                        self.metrics.checks_fail_open.inc();
+                    if let Some(reason) = failed_open
+                        && !denied_from_memory
+                    {
+                        self.metrics.checks_fail_open(reason).inc();
                     }
                     unmatched_status()
                 }
@@ -459,19 +476,19 @@ impl RateLimiter {
     }
 
     /// The counter step for every tenant group: all at once, under one deadline, behind the
-    /// breaker; with `read_only`, every check counts 0 hits. `Ok(None)` means "failed open".
+    /// breaker; with `read_only`, every check counts 0 hits.
     async fn count(
         &self,
         plans: &[Option<Plan<'_>>],
         groups: &[(&str, Vec<usize>)],
         read_only: bool,
-    ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
+    ) -> Result<CounterStep, Status> {
         // The probe's slot is handed back with the outcome; if this RPC is cancelled while
         // probing, dropping it frees the slot.
         let probe = match self.breaker.admit() {
             Admission::Call => None,
             Admission::Probe(slot) => Some(slot),
-            Admission::Reject => return self.fail("circuit breaker open", None),
+            Admission::Reject => return self.fail(FailureReason::BreakerOpen, None),
         };
         let checks: Vec<Vec<CounterCheck<'_>>> = groups
             .iter()
@@ -482,7 +499,9 @@ impl RateLimiter {
                     .collect()
             })
             .collect();
-        // One instant for every call: a call that reaches Redis after it records nothing.
+        // One instant for every call: a call that reaches Redis after it records nothing. The
+        // counter answers by it itself (telling a check still queued from one sent); this
+        // timeout only backs up a counter that would not.
         let deadline = tokio::time::Instant::now() + self.deadline;
         let step = try_join_all(
             groups
@@ -493,45 +512,63 @@ impl RateLimiter {
         match tokio::time::timeout_at(deadline, step).await {
             Ok(Ok(verdicts)) => {
                 self.breaker.record_success(probe);
-                Ok(Some(verdicts))
+                Ok(CounterStep::Counted(verdicts))
             }
             // A full in-process counter is working as configured: the call fails per the failure
             // mode, but the breaker must not open for every tenant because of one flood of keys.
             Ok(Err(err @ CounterError::Full(_))) => {
                 self.breaker.record_success(probe);
-                self.fail("in-process counter full", Some(&err))
+                self.fail(FailureReason::Overloaded, Some(&err))
+            }
+            // Never sent, so it says nothing about Redis: the breaker neither opens nor closes
+            // (a probe that was not sent only frees its slot).
+            Ok(Err(err @ CounterError::Overloaded)) => {
+                drop(probe);
+                self.fail(FailureReason::Overloaded, Some(&err))
             }
             Ok(Err(err)) => {
                 self.breaker.record_failure(probe);
-                self.fail("counter store failed", Some(&err))
+                let reason = match err {
+                    CounterError::Timeout(_) | CounterError::Late => FailureReason::Timeout,
+                    _ => FailureReason::RedisError,
+                };
+                self.fail(reason, Some(&err))
             }
             Err(_) => {
                 self.breaker.record_failure(probe);
-                self.fail("counter step missed its deadline", None)
+                self.fail(FailureReason::Timeout, None)
             }
         }
     }
 
+    /// Answers a counter step that gave no decision per `SLUICE_FAILURE_MODE`, with a
+    /// rate-limited warning naming `reason`.
     fn fail(
         &self,
-        what: &'static str,
+        reason: FailureReason,
         err: Option<&CounterError>,
-    ) -> Result<Option<Vec<Vec<CounterVerdict>>>, Status> {
-        self.metrics.redis_errors.inc();
+    ) -> Result<CounterStep, Status> {
+        // Redis's own trouble; an open breaker or a busy Sluice did not ask Redis.
+        if matches!(reason, FailureReason::RedisError | FailureReason::Timeout) {
+            self.metrics.redis_errors.inc();
+        }
         let mode = self.failure_mode;
         self.failure_warning.warn(|suppressed| {
             tracing::warn!(
+                reason = reason.as_str(),
                 error = err.map(|e| error_chain(e)).unwrap_or_default(),
                 deadline_ms = self.deadline.as_millis() as u64,
                 failure_mode = ?mode,
                 suppressed,
-                "{what}; answering per SLUICE_FAILURE_MODE"
+                "counter step failed ({}); answering per SLUICE_FAILURE_MODE",
+                reason.as_str()
             )
         });
         match mode {
-            FailureMode::Open => Ok(None),
+            FailureMode::Open => Ok(CounterStep::FailedOpen(reason)),
             FailureMode::Unavailable => Err(Status::unavailable(format!(
-                "rate-limit counters unavailable ({what})"
+                "rate-limit counters unavailable ({})",
+                reason.as_str()
             ))),
         }
     }
@@ -651,8 +688,17 @@ mod tests {
 
     /// A limiter over the in-process counter with `policies` (tenant, pattern, max, window).
     fn in_memory_limiter(policies: &[(&str, &str, u32, u32)]) -> RateLimiter {
+        use crate::ratelimit::counter::InMemoryCounter;
+        limiter_over(Arc::new(InMemoryCounter::new(1_000)), policies)
+    }
+
+    /// A limiter over `counter` with `policies` (tenant, pattern, max, window).
+    fn limiter_over(
+        counter: Arc<dyn SlidingWindowCounter>,
+        policies: &[(&str, &str, u32, u32)],
+    ) -> RateLimiter {
         use crate::domain::{EndpointPattern, Limits, Policy, PolicyId, PolicyTenant};
-        use crate::ratelimit::{counter::InMemoryCounter, snapshot::PolicySnapshot};
+        use crate::ratelimit::snapshot::PolicySnapshot;
 
         let snapshot = Arc::new(SharedSnapshot::new());
         snapshot.store(PolicySnapshot::build(policies.iter().map(
@@ -670,7 +716,7 @@ mod tests {
         )));
         RateLimiter::new(
             snapshot,
-            Arc::new(InMemoryCounter::new(1_000)),
+            counter,
             RateLimiterConfig {
                 keys: DescriptorKeys::default(),
                 deadline: Duration::from_secs(1),
@@ -769,6 +815,55 @@ mod tests {
         assert_eq!(response.statuses[1].code, Code::OverLimit as i32);
         let busy_left = decide(&limiter, vec![descriptor("busy", "/m", None, Some(0))]).await;
         assert_eq!(busy_left.statuses[0].limit_remaining, 5);
+    }
+
+    /// A counter whose every call fails with the error `fail` makes: how the service answers a
+    /// failure does not depend on which counter reported it.
+    struct FailingCounter(fn() -> CounterError);
+
+    #[async_trait::async_trait]
+    impl SlidingWindowCounter for FailingCounter {
+        async fn check(
+            &self,
+            _tenant: &str,
+            _checks: &[CounterCheck<'_>],
+            _deadline: tokio::time::Instant,
+        ) -> Result<Vec<CounterVerdict>, CounterError> {
+            Err((self.0)())
+        }
+    }
+
+    /// After 20 requests answered by a counter failing with `fail`: fail-open `overloaded`,
+    /// fail-open `timeout` or `redis_error`, fail-open `breaker_open`,
+    /// `sluice_redis_errors_total`, `sluice_circuit_open`.
+    async fn after_twenty_failures(fail: fn() -> CounterError) -> (u64, u64, u64, u64, i64) {
+        let limiter = limiter_over(Arc::new(FailingCounter(fail)), &[("acme", "/f", 10, 60)]);
+        for _ in 0..20 {
+            let response = decide(&limiter, vec![descriptor("acme", "/f", None, None)]).await;
+            assert_eq!(response.overall_code, Code::Ok as i32, "fail-open allows");
+            assert!(response.statuses[0].current_limit.is_none());
+        }
+        let fail_open = |reason: FailureReason| limiter.metrics.checks_fail_open(reason).get();
+        (
+            fail_open(FailureReason::Overloaded),
+            fail_open(FailureReason::Timeout) + fail_open(FailureReason::RedisError),
+            fail_open(FailureReason::BreakerOpen),
+            limiter.metrics.redis_errors.get(),
+            limiter.metrics.circuit_open.get(),
+        )
+    }
+
+    #[tokio::test]
+    async fn being_busy_fails_open_as_overloaded_and_never_opens_the_breaker() {
+        assert_eq!(
+            after_twenty_failures(|| CounterError::Overloaded).await,
+            (20, 0, 0, 0, 0)
+        );
+        // Calls that were sent and not answered in time open it after five.
+        assert_eq!(
+            after_twenty_failures(|| CounterError::Late).await,
+            (0, 5, 15, 5, 1)
+        );
     }
 
     #[test]

@@ -827,6 +827,14 @@ async fn decisions_continue_from_the_snapshot_while_postgres_is_unreachable() {
     .unwrap();
 }
 
+/// The value of the series `name` (with its labels) in a Prometheus text exposition; 0 when absent.
+fn series(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// An app counting in a Redis server the test owns.
 async fn spawn_on_owned_redis(redis: &OwnedRedis, mode: FailureMode) -> TestApp {
     let url = redis.url.clone();
@@ -871,12 +879,21 @@ async fn a_frozen_redis_fails_open_within_the_deadline_then_the_breaker_answers_
     );
     let metrics = http_get(app.http_addr, "/metrics").await.unwrap().body;
     assert!(metrics.contains("sluice_circuit_open 1"), "{metrics}");
-    assert!(
-        metrics.contains("sluice_checks_total{decision=\"fail_open\"} 11"),
-        "{metrics}"
+    // The calls Redis did not answer in time opened the breaker; the rest it answered. Each is
+    // fail-open with its reason, and only the first kind is a Redis error.
+    let timeouts = series(
+        &metrics,
+        "sluice_checks_total{decision=\"fail_open\",reason=\"timeout\"}",
     );
-    assert!(
-        metrics.contains("sluice_redis_errors_total 11"),
+    let rejected = series(
+        &metrics,
+        "sluice_checks_total{decision=\"fail_open\",reason=\"breaker_open\"}",
+    );
+    assert!(timeouts >= 5 && rejected >= 1, "{metrics}");
+    assert_eq!(timeouts + rejected, 11, "{metrics}");
+    assert_eq!(
+        series(&metrics, "sluice_redis_errors_total"),
+        timeouts,
         "{metrics}"
     );
 

@@ -87,7 +87,18 @@ async fn with_sluices_redis_frozen_traffic_flows_within_envoys_timeout() {
         .unwrap_or_else(|err| panic!("cannot read Sluice's metrics: {err}"))
         .body;
     assert!(
-        metrics.contains("sluice_checks_total{decision=\"fail_open\"} 10"),
+        ["timeout", "breaker_open"]
+            .iter()
+            .map(|reason| {
+                let series =
+                    format!("sluice_checks_total{{decision=\"fail_open\",reason=\"{reason}\"}} ");
+                metrics
+                    .lines()
+                    .find_map(|line| line.strip_prefix(&series)?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+            == 10,
         "{metrics}"
     );
     redis.thaw();

@@ -1,6 +1,7 @@
 //! The counter step of the hot path: an exact sliding-window counter behind one trait,
 //! [`SlidingWindowCounter`], with two implementations that decide identically —
-//! [`RedisCounter`] (one atomic Lua script, shared by every Sluice instance) and
+//! [`RedisCounter`] (one atomic Lua script, shared by every Sluice instance, with concurrent
+//! checks batched into one script call by `group_commit`) and
 //! [`InMemoryCounter`] (one process, no Redis).
 //!
 //! # Semantics
@@ -17,12 +18,15 @@
 //!   and the burst remaining), `reset_after_ms` = time until the oldest counted hit leaves the
 //!   window (0 when the window is empty).
 //!
-//! The caller bounds the whole step with a deadline and passes it in. Neither implementation
-//! waits for it; what it promises is that a call *answered* as failed by the deadline is never
-//! recorded afterwards: [`RedisCounter`] sends the deadline on Redis's clock and the script
-//! records nothing once it has passed ([`CounterError::Late`]); [`InMemoryCounter`] decides
-//! synchronously, so it can never run after its caller gave up.
+//! The caller bounds the whole step with a deadline and passes it in. What both implementations
+//! promise is that a call *answered* as failed by the deadline is never recorded afterwards:
+//! [`RedisCounter`] answers by the deadline itself — [`CounterError::Overloaded`] for a check that
+//! was still queued (never sent), [`CounterError::Timeout`] for one sent but not answered — and
+//! sends the deadline on Redis's clock, where the script records nothing once it has passed
+//! ([`CounterError::Late`]); [`InMemoryCounter`] decides synchronously, so it can never run after
+//! its caller gave up.
 
+mod group_commit;
 mod memory;
 mod redis;
 mod redis_clock;
@@ -93,6 +97,12 @@ pub enum CounterError {
     /// The call reached the counter store after its deadline, so the script recorded nothing.
     #[error("the call reached the counter store after its deadline; nothing was recorded")]
     Late,
+    /// The check waited for a script call until its deadline and was never sent, so nothing was
+    /// recorded. Says the counter is busy, not that the store failed: the breaker ignores it.
+    #[error(
+        "the check waited for a free call until its deadline and was never sent; nothing was recorded"
+    )]
+    Overloaded,
     /// The caller passed a check the counter cannot represent.
     #[error("invalid counter check: {0}")]
     InvalidCheck(String),

@@ -1,7 +1,8 @@
 //! [`RedisCounter`]: the sliding-window counter shared by every Sluice instance pointed at one
-//! Redis. Each call is one `EVALSHA` of `sliding_window.lua` (run by SHA, reloaded on
-//! `NOSCRIPT`), so the check and the increment of all of a tenant's counters are one atomic step
-//! and one round trip, timed by Redis's own clock.
+//! Redis. Every check is decided by `sliding_window.lua` (run by SHA, reloaded on `NOSCRIPT`), so
+//! the check and the increment of all of a tenant's counters are one atomic step, timed by Redis's
+//! own clock; checks that arrive while calls are in flight share the next call
+//! (`group_commit.rs`), so a busy Redis decides many requests per round trip.
 //!
 //! # Key layout
 //! `{prefix}{{{tenant}}}:{key_suffix}`, e.g. `sluice:{acme}:p:6f1c…`: a sorted set with one
@@ -41,7 +42,8 @@ use prometheus::IntGauge;
 use tokio::time::Instant;
 
 use super::{
-    CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter, redis_clock::RedisClock,
+    CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter,
+    group_commit::{GroupCommit, LIMITS_PER_CHECK},
     validate,
 };
 
@@ -85,22 +87,13 @@ const SCHEMES: [&str; 12] = [
     "valkeys-sentinel",
 ];
 
-/// Arguments the script takes per key.
-const ARGS_PER_CHECK: usize = 5;
-/// Integers the script returns per key.
-const REPLY_PER_CHECK: usize = 3;
-
 /// Exact sliding-window counters in Redis (standalone, TLS, Cluster or Sentinel).
 pub struct RedisCounter {
     pool: Pool,
-    /// Holds the Lua source and its SHA-1, so `NOSCRIPT` (after a restart or failover) reloads it.
-    script: Script,
+    /// The queues, the script and Redis's clock: every call goes through it.
+    group: Arc<GroupCommit>,
     /// Namespaces Sluice's keys in a shared Redis, and each test's keys in the test server.
     key_prefix: String,
-    /// Where a call's deadline falls on Redis's clock, so a late call records nothing.
-    clock: RedisClock,
-    /// Redis Cluster: each node has its own clock, so the clock is learnt per hash slot.
-    clock_per_slot: bool,
     /// Whether Redis answers, for `/readyz` and `sluice_redis_up`; kept current by the task
     /// [`RedisCounter::start`] spawns, which ends once the counter and every handle from
     /// [`RedisCounter::health`] are dropped.
@@ -112,15 +105,15 @@ impl RedisCounter {
     /// contain `{` or `}`, which would move the Redis Cluster hash tag off the tenant.
     pub fn new(pool: Pool, key_prefix: impl Into<String>) -> Result<Self, CounterError> {
         let key_prefix = checked_prefix(key_prefix.into())?;
-        let clock_per_slot = pool.next().is_clustered();
         // Nobody watches a pool the caller built: its health is what it was when handed over.
         let connected = pool.clients().iter().any(|client| client.is_connected());
         Ok(Self {
+            group: Arc::new(GroupCommit::new(
+                pool.clone(),
+                Script::from_lua(SLIDING_WINDOW_LUA),
+            )),
             pool,
-            script: Script::from_lua(SLIDING_WINDOW_LUA),
             key_prefix,
-            clock: RedisClock::new(clock_per_slot),
-            clock_per_slot,
             health: Arc::new(RedisHealth::new(if connected {
                 RedisState::Up
             } else {
@@ -232,13 +225,10 @@ impl RedisCounter {
             script.clone(),
             Arc::downgrade(&health),
         ));
-        let clock_per_slot = pool.next().is_clustered();
         let counter = Self {
+            group: Arc::new(GroupCommit::new(pool.clone(), script)),
             pool,
-            script,
             key_prefix,
-            clock: RedisClock::new(clock_per_slot),
-            clock_per_slot,
             health,
         };
         Ok((counter, first))
@@ -294,15 +284,10 @@ impl SlidingWindowCounter for RedisCounter {
             .map(|c| self.key(tenant, c.key_suffix))
             .collect();
         // Every key of the call shares the tenant's hash tag, so the first names the slot.
-        let slot = if self.clock_per_slot {
-            fred::util::redis_keyslot(keys[0].as_bytes())
-        } else {
-            0
-        };
-        let mut args: Vec<i64> = Vec::with_capacity(1 + checks.len() * ARGS_PER_CHECK);
-        args.push(self.clock.not_after_us(slot, deadline));
+        let slot = self.group.slot_of(&keys[0]);
+        let mut limits: Vec<i64> = Vec::with_capacity(checks.len() * LIMITS_PER_CHECK);
         for check in checks {
-            args.extend([
+            limits.extend([
                 i64::from(check.max_requests),
                 // validate() capped it at MAX_WINDOW_MS, far below i64::MAX.
                 i64::try_from(check.window_ms).unwrap_or(i64::MAX),
@@ -311,22 +296,7 @@ impl SlidingWindowCounter for RedisCounter {
                 i64::from(check.enforcing),
             ]);
         }
-        let reply: Vec<i64> = self
-            .script
-            .evalsha_with_reload(self.pool.next_connected(), keys, args)
-            .await
-            .map_err(classify)?;
-        let Some(&[redis_now_us, late]) = reply.get(..2) else {
-            return Err(CounterError::UnexpectedReply(format!(
-                "{} integers, without the time and lateness header",
-                reply.len()
-            )));
-        };
-        self.clock.observe(slot, redis_now_us, Instant::now());
-        if late != 0 {
-            return Err(CounterError::Late);
-        }
-        verdicts_from_reply(&reply[2..], checks.len())
+        self.group.check(slot, keys, limits, deadline).await
     }
 }
 
@@ -573,7 +543,7 @@ fn config_from_url(url: &str, password: Option<&str>) -> Result<Config, RedisSta
 }
 
 /// Sorts a client error into the caller-facing kinds.
-fn classify(error: fred::error::Error) -> CounterError {
+pub(super) fn classify(error: fred::error::Error) -> CounterError {
     match error.kind() {
         ErrorKind::Timeout => CounterError::Timeout(error),
         ErrorKind::IO
@@ -592,36 +562,6 @@ fn classify(error: fred::error::Error) -> CounterError {
         }
         _ => CounterError::Script(error),
     }
-}
-
-/// Turns the script's flat `[allowed, remaining, reset_after_ms, …]` into verdicts.
-fn verdicts_from_reply(reply: &[i64], checks: usize) -> Result<Vec<CounterVerdict>, CounterError> {
-    if reply.len() != checks * REPLY_PER_CHECK {
-        return Err(CounterError::UnexpectedReply(format!(
-            "{} integers for {checks} checks",
-            reply.len()
-        )));
-    }
-    reply
-        .chunks_exact(REPLY_PER_CHECK)
-        .map(|chunk| {
-            let [allowed, remaining, reset_after_ms] = [chunk[0], chunk[1], chunk[2]];
-            let out_of_range = || {
-                CounterError::UnexpectedReply(format!(
-                    "verdict [{allowed}, {remaining}, {reset_after_ms}] out of range"
-                ))
-            };
-            Ok(CounterVerdict {
-                allowed: match allowed {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(out_of_range()),
-                },
-                remaining: u32::try_from(remaining).map_err(|_| out_of_range())?,
-                reset_after_ms: u64::try_from(reset_after_ms).map_err(|_| out_of_range())?,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -736,32 +676,5 @@ mod tests {
         assert_eq!((health.state().as_str(), gauge.get()), ("up", 1));
         health.set(RedisState::Down);
         assert_eq!((health.state().as_str(), gauge.get()), ("down", 0));
-    }
-
-    #[test]
-    fn reply_of_the_wrong_shape_is_an_error() {
-        assert!(matches!(
-            verdicts_from_reply(&[1, 2], 1),
-            Err(CounterError::UnexpectedReply(_))
-        ));
-        assert!(matches!(
-            verdicts_from_reply(&[2, 0, 0], 1),
-            Err(CounterError::UnexpectedReply(_))
-        ));
-        assert_eq!(
-            verdicts_from_reply(&[1, 4, 1000, 0, 0, 0], 2).expect("well formed"),
-            vec![
-                CounterVerdict {
-                    allowed: true,
-                    remaining: 4,
-                    reset_after_ms: 1000
-                },
-                CounterVerdict {
-                    allowed: false,
-                    remaining: 0,
-                    reset_after_ms: 0
-                },
-            ]
-        );
     }
 }

@@ -1,0 +1,462 @@
+//! Group commit for [`super::RedisCounter`]: the queue of checks waiting for a script call, the
+//! batch call itself (`sliding_window.lua` deciding many requests in one `EVALSHA`), its ARGV
+//! encoding and the decoding of its reply back into one answer per request.
+//!
+//! # How a check reaches Redis
+//! A check joins the queue of its hash slot (one queue on a standalone Redis, where a call may mix
+//! tenants; one per slot on Redis Cluster, where a call may only hold keys of one slot). When fewer
+//! than [`GroupCommit::max_in_flight`] calls of that queue are in flight (one per pooled
+//! connection), the check goes at once — alone, if nothing else waits: there is no timer and no
+//! added latency. Otherwise it waits; when a call returns, its driver takes everything queued
+//! meanwhile (at most [`MAX_BATCH_REQUESTS`] requests and [`MAX_BATCH_CHECKS`] checks) as the
+//! next call. Busy periods therefore turn into bigger calls, not longer queues: Redis pays per key
+//! per call, not per request.
+//!
+//! # Deadlines stay per request
+//! Each request carries its own `not_after` on Redis's clock into the batch, and the script skips
+//! only the late ones. A request whose deadline passes while it still waits in the queue is
+//! answered [`CounterError::Overloaded`] at once and is never sent, so it records nothing; one
+//! already sent that gets no answer by its deadline is [`CounterError::Timeout`]. Whether a request
+//! was sent is settled by one atomic claim, taken either by the driver (sent) or by the waiter
+//! giving up (never sent), never both.
+//!
+//! Calls are sent from spawned driver tasks, so a caller that gives up (or whose RPC is cancelled)
+//! never cancels a call that carries other requests.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use fred::error::Error;
+use fred::prelude::{ClientLike, ErrorKind, Pool};
+use fred::types::scripts::Script;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{CounterError, CounterVerdict, redis::classify, redis_clock::RedisClock};
+
+/// Most requests one script call decides. With a handful of keys per request, deciding 256 costs
+/// Redis well under a millisecond, so no call holds Redis up for long.
+pub const MAX_BATCH_REQUESTS: usize = 256;
+/// Most checks (descriptors) one script call carries, the byte budget of a call: each check is
+/// one key of about 60 bytes and six integers. A request has at most 64 descriptors, so one
+/// request always fits.
+pub const MAX_BATCH_CHECKS: usize = 1_024;
+
+/// Limit values per check that a request carries: max_requests, window_ms, burst_limit, hits,
+/// enforcing. The script takes them after the key index.
+pub(super) const LIMITS_PER_CHECK: usize = 5;
+/// Integers the script returns per check: allowed, remaining, reset_after_ms.
+const REPLY_PER_CHECK: usize = 3;
+
+/// The Redis Cluster hash slots, one queue each.
+const CLUSTER_SLOTS: usize = 16_384;
+
+/// One request's checks of one tenant, waiting for a call.
+struct QueuedRequest {
+    /// One full key per check, in check order (a key may repeat).
+    keys: Vec<String>,
+    /// [`LIMITS_PER_CHECK`] values per check, in check order.
+    limits: Vec<i64>,
+    /// The request's deadline on Redis's clock (0 = no bound yet).
+    not_after_us: i64,
+    /// Taken by whoever decides the request's fate first: the driver sending it, or the waiter
+    /// giving up on it.
+    claim: Arc<Claim>,
+    reply: oneshot::Sender<Result<Vec<CounterVerdict>, CounterError>>,
+}
+
+/// Set once, by the first of the driver and the waiter.
+#[derive(Debug, Default)]
+struct Claim(AtomicBool);
+
+impl Claim {
+    /// Whether this caller took the claim (it was still free).
+    fn take(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Takes the claim when the waiting check is dropped (deadline, or its RPC cancelled), so a
+/// request nobody waits for any more is never sent.
+struct AbandonUnsent<'a>(&'a Claim);
+
+impl Drop for AbandonUnsent<'_> {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
+/// One queue of requests whose keys may share a call.
+#[derive(Default)]
+struct SlotQueue(Mutex<QueueState>);
+
+#[derive(Default)]
+struct QueueState {
+    waiting: VecDeque<QueuedRequest>,
+    /// Calls of this queue in flight. While requests wait, this is at the maximum and a driver
+    /// will take them when its call returns.
+    in_flight: usize,
+}
+
+impl SlotQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The critical sections only move requests between containers; a panic cannot leave
+        // the state half-updated in a way that matters more than stopping would.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The queues and the batch call of one [`super::RedisCounter`].
+pub(super) struct GroupCommit {
+    pool: Pool,
+    /// Holds the Lua source and its SHA-1, so `NOSCRIPT` (after a restart or failover) reloads it.
+    script: Script,
+    /// Where a request's deadline falls on Redis's clock, so a late one records nothing.
+    clock: RedisClock,
+    /// Redis Cluster: a queue (and a clock) per hash slot.
+    clustered: bool,
+    queues: Box<[SlotQueue]>,
+    /// Calls in flight per queue, at most: one per pooled connection, so throughput does not
+    /// serialise on one round trip.
+    max_in_flight: usize,
+}
+
+impl GroupCommit {
+    pub(super) fn new(pool: Pool, script: Script) -> Self {
+        let clustered = pool.next().is_clustered();
+        let queues = if clustered { CLUSTER_SLOTS } else { 1 };
+        Self {
+            max_in_flight: pool.size().max(1),
+            pool,
+            script,
+            clock: RedisClock::new(clustered),
+            clustered,
+            queues: (0..queues).map(|_| SlotQueue::default()).collect(),
+        }
+    }
+
+    /// The hash slot of a call whose first key is `key` (every key of one tenant shares it); 0 on
+    /// a standalone Redis, where every call shares one queue.
+    pub(super) fn slot_of(&self, key: &str) -> u16 {
+        if self.clustered {
+            fred::util::redis_keyslot(key.as_bytes())
+        } else {
+            0
+        }
+    }
+
+    /// Decides one request's checks (`keys` and [`LIMITS_PER_CHECK`] `limits` per check) in the
+    /// next call of `slot`'s queue; see the module doc for what `deadline` guarantees.
+    pub(super) async fn check(
+        self: &Arc<Self>,
+        slot: u16,
+        keys: Vec<String>,
+        limits: Vec<i64>,
+        deadline: Instant,
+    ) -> Result<Vec<CounterVerdict>, CounterError> {
+        let (reply, answer) = oneshot::channel();
+        let claim = Arc::new(Claim::default());
+        let _unsent = AbandonUnsent(&claim);
+        self.enqueue(
+            slot,
+            QueuedRequest {
+                keys,
+                limits,
+                not_after_us: self.clock.not_after_us(slot, deadline),
+                claim: Arc::clone(&claim),
+                reply,
+            },
+        );
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            // The driver was dropped with the runtime (shutdown).
+            Ok(Err(_)) => Err(CounterError::Connection(Error::new(
+                ErrorKind::Canceled,
+                "the call carrying this check was dropped",
+            ))),
+            Err(_) if claim.take() => Err(CounterError::Overloaded),
+            Err(_) => Err(CounterError::Timeout(Error::new(
+                ErrorKind::Timeout,
+                "Redis did not answer the call by the deadline",
+            ))),
+        }
+    }
+
+    fn queue(&self, slot: u16) -> &SlotQueue {
+        &self.queues[if self.clustered { usize::from(slot) } else { 0 }]
+    }
+
+    /// Queues `request`; when a call may start, starts one with everything queued.
+    fn enqueue(self: &Arc<Self>, slot: u16, request: QueuedRequest) {
+        let batch = {
+            let mut state = self.queue(slot).lock();
+            state.waiting.push_back(request);
+            if state.in_flight >= self.max_in_flight {
+                return;
+            }
+            state.in_flight += 1;
+            take_batch(&mut state.waiting)
+        };
+        tokio::spawn(Arc::clone(self).drive(slot, batch));
+    }
+
+    /// Sends `batch`, then whatever queued meanwhile, until the queue is empty; then frees its
+    /// place among the calls in flight. Checking for more and freeing the place happen under one
+    /// lock, so a request queued meanwhile is never left without a driver.
+    async fn drive(self: Arc<Self>, slot: u16, mut batch: Vec<QueuedRequest>) {
+        loop {
+            if !batch.is_empty() {
+                self.call(slot, batch).await;
+            }
+            let mut state = self.queue(slot).lock();
+            if state.waiting.is_empty() {
+                state.in_flight -= 1;
+                return;
+            }
+            batch = take_batch(&mut state.waiting);
+        }
+    }
+
+    /// One `EVALSHA` deciding every request of `batch`, and each request's answer.
+    async fn call(&self, slot: u16, batch: Vec<QueuedRequest>) {
+        let (keys, args) = encode(&batch);
+        let reply: Result<Vec<i64>, Error> = self
+            .script
+            .evalsha_with_reload(self.pool.next_connected(), keys, args)
+            .await;
+        let received = Instant::now();
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(err) => {
+                for request in batch {
+                    let _ = request.reply.send(Err(classify(err.clone())));
+                }
+                return;
+            }
+        };
+        let Some((&redis_now_us, mut rest)) = reply.split_first() else {
+            for request in batch {
+                let _ = request.reply.send(Err(CounterError::UnexpectedReply(
+                    "an empty reply, without the time".into(),
+                )));
+            }
+            return;
+        };
+        self.clock.observe(slot, redis_now_us, received);
+        for request in batch {
+            let outcome = take_outcome(&mut rest, request.keys.len());
+            // The waiter may have given up at its deadline meanwhile; nobody to tell then.
+            let _ = request.reply.send(outcome);
+        }
+    }
+}
+
+/// The next call's requests from the front of `waiting`, within the bounds, skipping (and
+/// dropping) requests whose waiter gave up.
+fn take_batch(waiting: &mut VecDeque<QueuedRequest>) -> Vec<QueuedRequest> {
+    let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH_REQUESTS));
+    let mut checks = 0;
+    while let Some(next) = waiting.front() {
+        if batch.len() == MAX_BATCH_REQUESTS
+            || (!batch.is_empty() && checks + next.keys.len() > MAX_BATCH_CHECKS)
+        {
+            break;
+        }
+        let Some(next) = waiting.pop_front() else {
+            break;
+        };
+        if next.claim.take() {
+            checks += next.keys.len();
+            batch.push(next);
+        }
+    }
+    batch
+}
+
+/// KEYS (each distinct key once) and ARGV of the script for `batch`; the layout is in the header
+/// of `sliding_window.lua`.
+fn encode(batch: &[QueuedRequest]) -> (Vec<String>, Vec<i64>) {
+    let checks: usize = batch.iter().map(|r| r.keys.len()).sum();
+    let mut keys: Vec<String> = Vec::new();
+    let mut index: HashMap<&str, i64> = HashMap::with_capacity(checks.min(64));
+    let mut args: Vec<i64> =
+        Vec::with_capacity(1 + 2 * batch.len() + (1 + LIMITS_PER_CHECK) * checks);
+    args.push(batch.len() as i64);
+    for request in batch {
+        args.push(request.not_after_us);
+        args.push(request.keys.len() as i64);
+        for (key, limits) in request
+            .keys
+            .iter()
+            .zip(request.limits.chunks_exact(LIMITS_PER_CHECK))
+        {
+            let next = index.len() as i64 + 1;
+            let k = *index.entry(key.as_str()).or_insert_with(|| {
+                keys.push(key.clone());
+                next
+            });
+            args.push(k);
+            args.extend_from_slice(limits);
+        }
+    }
+    (keys, args)
+}
+
+/// One request's answer from the front of the rest of the reply: its lateness flag, then, when
+/// it was decided, three integers per check.
+fn take_outcome(rest: &mut &[i64], checks: usize) -> Result<Vec<CounterVerdict>, CounterError> {
+    match rest.split_first() {
+        Some((&1, tail)) => {
+            *rest = tail;
+            Err(CounterError::Late)
+        }
+        Some((&0, tail)) if tail.len() >= checks * REPLY_PER_CHECK => {
+            let (verdicts, tail) = tail.split_at(checks * REPLY_PER_CHECK);
+            *rest = tail;
+            verdicts_from_reply(verdicts, checks)
+        }
+        Some((flag, tail)) => Err(CounterError::UnexpectedReply(format!(
+            "lateness flag {flag} followed by {} integers for {checks} checks",
+            tail.len()
+        ))),
+        None => Err(CounterError::UnexpectedReply(
+            "the reply ends before this request's outcome".into(),
+        )),
+    }
+}
+
+/// Turns the script's flat `[allowed, remaining, reset_after_ms, …]` into verdicts.
+fn verdicts_from_reply(reply: &[i64], checks: usize) -> Result<Vec<CounterVerdict>, CounterError> {
+    if reply.len() != checks * REPLY_PER_CHECK {
+        return Err(CounterError::UnexpectedReply(format!(
+            "{} integers for {checks} checks",
+            reply.len()
+        )));
+    }
+    reply
+        .chunks_exact(REPLY_PER_CHECK)
+        .map(|chunk| {
+            let [allowed, remaining, reset_after_ms] = [chunk[0], chunk[1], chunk[2]];
+            let out_of_range = || {
+                CounterError::UnexpectedReply(format!(
+                    "verdict [{allowed}, {remaining}, {reset_after_ms}] out of range"
+                ))
+            };
+            Ok(CounterVerdict {
+                allowed: match allowed {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(out_of_range()),
+                },
+                remaining: u32::try_from(remaining).map_err(|_| out_of_range())?,
+                reset_after_ms: u64::try_from(reset_after_ms).map_err(|_| out_of_range())?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(keys: &[&str], not_after_us: i64) -> (QueuedRequest, Arc<Claim>) {
+        let claim = Arc::new(Claim::default());
+        let (reply, _) = oneshot::channel();
+        let request = QueuedRequest {
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            limits: keys
+                .iter()
+                .enumerate()
+                .flat_map(|(i, _)| [10, 1_000, 0, i as i64 + 1, 1])
+                .collect(),
+            not_after_us,
+            claim: Arc::clone(&claim),
+            reply,
+        };
+        (request, claim)
+    }
+
+    #[test]
+    fn a_batch_names_each_key_once_and_keeps_arrival_order() {
+        let batch = [queued(&["k:a", "k:b", "k:a"], 7).0, queued(&["k:b"], 0).0];
+        let (keys, args) = encode(&batch);
+        assert_eq!(keys, ["k:a", "k:b"]);
+        assert_eq!(
+            args,
+            [
+                2, // requests
+                7, 3, // not_after, checks
+                1, 10, 1_000, 0, 1, 1, // k:a
+                2, 10, 1_000, 0, 2, 1, // k:b
+                1, 10, 1_000, 0, 3, 1, // k:a again
+                0, 1, // second request
+                2, 10, 1_000, 0, 1, 1,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_is_bounded_and_skips_requests_whose_waiter_gave_up() {
+        let mut waiting = VecDeque::new();
+        let (gone, claim) = queued(&["k"], 0);
+        assert!(claim.take(), "the waiter gave up first");
+        waiting.push_back(gone);
+        for _ in 0..MAX_BATCH_REQUESTS + 10 {
+            waiting.push_back(queued(&["k"], 0).0);
+        }
+        let batch = take_batch(&mut waiting);
+        assert_eq!(batch.len(), MAX_BATCH_REQUESTS);
+        assert_eq!(waiting.len(), 10, "the rest waits for the next call");
+        assert!(
+            batch.iter().all(|r| !r.claim.take()),
+            "every request sent is claimed as sent"
+        );
+
+        let wide: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
+        let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+        let mut waiting: VecDeque<_> = (0..20).map(|_| queued(&wide, 0).0).collect();
+        assert_eq!(take_batch(&mut waiting).len(), MAX_BATCH_CHECKS / 64);
+    }
+
+    #[test]
+    fn each_request_gets_its_own_outcome_from_the_reply() {
+        let reply = [0, 1, 4, 1000, 1, 0, 0, 1, 0, 7];
+        let mut rest = &reply[..];
+        assert_eq!(
+            take_outcome(&mut rest, 2).expect("decided"),
+            vec![
+                CounterVerdict {
+                    allowed: true,
+                    remaining: 4,
+                    reset_after_ms: 1000
+                },
+                CounterVerdict {
+                    allowed: true,
+                    remaining: 0,
+                    reset_after_ms: 0
+                },
+            ]
+        );
+        assert!(matches!(
+            take_outcome(&mut rest, 1),
+            Err(CounterError::Late)
+        ));
+        assert!(matches!(
+            take_outcome(&mut rest, 1),
+            Err(CounterError::UnexpectedReply(_))
+        ));
+    }
+
+    #[test]
+    fn reply_of_the_wrong_shape_is_an_error() {
+        assert!(matches!(
+            verdicts_from_reply(&[1, 2], 1),
+            Err(CounterError::UnexpectedReply(_))
+        ));
+        assert!(matches!(
+            verdicts_from_reply(&[2, 0, 0], 1),
+            Err(CounterError::UnexpectedReply(_))
+        ));
+    }
+}
