@@ -287,6 +287,15 @@ impl EnvoyProxy {
 pub struct RateLimitStats(BTreeMap<String, u64>);
 
 impl RateLimitStats {
+    /// `(ok, over_limit, error, failure_mode_allowed)`, to compare in one assertion.
+    pub fn counts(&self) -> (u64, u64, u64, u64) {
+        (
+            self.ok(),
+            self.over_limit(),
+            self.error(),
+            self.failure_mode_allowed(),
+        )
+    }
     /// Calls Sluice answered OK.
     pub fn ok(&self) -> u64 {
         self.get("ok")
