@@ -48,7 +48,7 @@ impl ActivePolicy {
         Self {
             id: policy.id,
             name: policy.id.to_string(),
-            key_suffix: format!("p:{}", policy.id),
+            key_suffix: super::keys::policy_suffix(policy.id),
             limits: policy.limits,
             unit: unit_for_window(policy.limits.window_seconds()),
             shadow: policy.shadow,

@@ -387,7 +387,7 @@ impl SlidingWindowCounter for InMemoryCounter {
         }
         let keys: Vec<String> = checks
             .iter()
-            .map(|c| format!("{{{tenant}}}:{}", c.key_suffix))
+            .map(|c| crate::ratelimit::keys::counter_key("", tenant, c.key_suffix))
             .collect();
         let now_us = self.now_us();
         self.sweep_all_if_full(now_us);

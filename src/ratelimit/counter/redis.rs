@@ -156,8 +156,8 @@ impl RedisCounter {
     /// keeps connecting in the background (its checks fail until then, and the caller answers
     /// per its failure mode).
     ///
-    /// After that the pool reconnects on its own (see [`RECONNECT_MAX_DELAY`]), and a
-    /// background task pings Redis every [`HEALTH_PING_EVERY`] to keep [`RedisCounter::health`]
+    /// After that the pool reconnects on its own (see `RECONNECT_MAX_DELAY`), and a
+    /// background task pings Redis every `HEALTH_PING_EVERY` to keep [`RedisCounter::health`]
     /// current and to load the script into a server that answers again (a restarted Redis has
     /// lost it).
     pub async fn start(
@@ -252,7 +252,7 @@ impl RedisCounter {
 
     /// The Redis key of one counter.
     fn key(&self, tenant: &str, key_suffix: &str) -> String {
-        format!("{}{{{tenant}}}:{key_suffix}", self.key_prefix)
+        crate::ratelimit::keys::counter_key(&self.key_prefix, tenant, key_suffix)
     }
 }
 
