@@ -9,7 +9,10 @@
 //! next probe.
 
 use std::{
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -51,6 +54,31 @@ pub struct CircuitBreaker {
     /// The last probe id handed out.
     last_probe_id: AtomicU64,
     gauge: IntGauge,
+    /// Script calls whose failure was already counted.
+    recent_failed_calls: RecentCalls,
+}
+
+/// The last few failed call numbers. Only touched when a check fails, so a lock is fine; a call's
+/// requests report within one deadline of each other, long before [`RECENT_CALLS`] other calls
+/// fail.
+#[derive(Debug, Default)]
+struct RecentCalls(Mutex<([u64; RECENT_CALLS], usize)>);
+
+/// Failed calls remembered; the pool has a few connections, each with one call in flight.
+const RECENT_CALLS: usize = 32;
+
+impl RecentCalls {
+    /// Whether `call` is reported for the first time (and remembers it).
+    fn first_report(&self, call: u64) -> bool {
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (calls, next) = &mut *guard;
+        if calls.contains(&call) {
+            return false;
+        }
+        calls[*next] = call;
+        *next = (*next + 1) % RECENT_CALLS;
+        true
+    }
 }
 
 impl CircuitBreaker {
@@ -63,6 +91,7 @@ impl CircuitBreaker {
             probe: AtomicU64::new(NO_PROBE),
             last_probe_id: AtomicU64::new(NO_PROBE),
             gauge,
+            recent_failed_calls: RecentCalls::default(),
         }
     }
 
@@ -103,6 +132,20 @@ impl CircuitBreaker {
         }
         self.gauge.set(0);
         drop(probe);
+    }
+
+    /// A check failed as part of script call `call` (when the counter names one): the first report
+    /// of a call counts as one failure, the others of the same call do not, so one failed batch
+    /// of many requests is one failure, as one failed call of one request is. A probe's failure
+    /// always counts, so it sets the next probe time.
+    pub fn record_call_failure(&self, call: Option<u64>, probe: Option<ProbeSlot<'_>>) {
+        if let Some(call) = call
+            && probe.is_none()
+            && !self.recent_failed_calls.first_report(call)
+        {
+            return;
+        }
+        self.record_failure(probe);
     }
 
     /// The store failed or missed the deadline. `probe` is the slot if this call was the probe;
@@ -289,6 +332,22 @@ mod tests {
         let second = expect_probe(&b);
         b.record_success(Some(second));
         assert!(is_call(&b.admit()));
+    }
+
+    #[test]
+    fn a_call_shared_by_many_checks_counts_as_one_failure() {
+        let b = breaker();
+        for _ in 0..FAILURES_TO_OPEN * 4 {
+            b.record_call_failure(Some(42), None);
+        }
+        assert!(
+            !b.is_open(),
+            "one failed call, however many checks it carried"
+        );
+        for call in 0..u64::from(FAILURES_TO_OPEN) - 1 {
+            b.record_call_failure(Some(100 + call), None);
+        }
+        assert!(b.is_open(), "five failed calls in a row");
     }
 
     #[test]

@@ -551,8 +551,10 @@ impl RateLimiter {
                 self.fail(FailureReason::Overloaded, Some(&err))
             }
             Ok(Err(err)) => {
-                self.breaker.record_failure(probe);
-                let reason = match err {
+                // Many requests may share one failed script call: the breaker counts the call.
+                let (call, cause) = err.call_and_cause();
+                self.breaker.record_call_failure(call, probe);
+                let reason = match cause {
                     CounterError::Timeout(_) | CounterError::Late => FailureReason::Timeout,
                     _ => FailureReason::RedisError,
                 };
@@ -861,6 +863,20 @@ mod tests {
         assert_eq!(
             after_twenty_failures(|| CounterError::Late).await,
             (0, 5, 15, 5, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn one_failed_batch_is_one_failure_for_the_breaker() {
+        // Twenty requests that all rode one script call that timed out: one failure, so the
+        // breaker stays closed and each request reports its own fail-open.
+        assert_eq!(
+            after_twenty_failures(|| CounterError::InCall {
+                call: 7,
+                error: Box::new(CounterError::Late),
+            })
+            .await,
+            (0, 20, 0, 20, 0)
         );
     }
 }

@@ -24,7 +24,7 @@
 //! never cancels a call that carries other requests.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use fred::error::Error;
@@ -66,14 +66,33 @@ struct QueuedRequest {
     reply: oneshot::Sender<Result<Vec<CounterVerdict>, CounterError>>,
 }
 
-/// Set once, by the first of the driver and the waiter.
+/// Set once, by the first of the driver (to the number of the call that sends the request) and
+/// the waiter (to [`Claim::ABANDONED`]).
 #[derive(Debug, Default)]
-struct Claim(AtomicBool);
+struct Claim(AtomicU64);
 
 impl Claim {
-    /// Whether this caller took the claim (it was still free).
-    fn take(&self) -> bool {
-        !self.0.swap(true, Ordering::AcqRel)
+    const FREE: u64 = 0;
+    const ABANDONED: u64 = 1;
+
+    /// Whether the driver took the claim for `call` (it was still free).
+    fn send_in(&self, call: u64) -> bool {
+        self.0
+            .compare_exchange(Self::FREE, call, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// `None` when the waiter took the claim (the request will never be sent), else the number of
+    /// the call that sent it.
+    fn abandon(&self) -> Option<u64> {
+        self.0
+            .compare_exchange(
+                Self::FREE,
+                Self::ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .err()
     }
 }
 
@@ -83,7 +102,7 @@ struct AbandonUnsent<'a>(&'a Claim);
 
 impl Drop for AbandonUnsent<'_> {
     fn drop(&mut self) {
-        self.0.take();
+        self.0.abandon();
     }
 }
 
@@ -120,6 +139,8 @@ pub(super) struct GroupCommit {
     /// Calls in flight per queue, at most: one per pooled connection, so throughput does not
     /// serialise on one round trip.
     max_in_flight: usize,
+    /// The last call number handed out; numbers start above [`Claim::ABANDONED`].
+    last_call: AtomicU64,
 }
 
 impl GroupCommit {
@@ -133,6 +154,7 @@ impl GroupCommit {
             clock: RedisClock::new(clustered),
             clustered,
             queues: (0..queues).map(|_| SlotQueue::default()).collect(),
+            last_call: AtomicU64::new(Claim::ABANDONED),
         }
     }
 
@@ -175,11 +197,16 @@ impl GroupCommit {
                 ErrorKind::Canceled,
                 "the call carrying this check was dropped",
             ))),
-            Err(_) if claim.take() => Err(CounterError::Overloaded),
-            Err(_) => Err(CounterError::Timeout(Error::new(
-                ErrorKind::Timeout,
-                "Redis did not answer the call by the deadline",
-            ))),
+            Err(_) => match claim.abandon() {
+                None => Err(CounterError::Overloaded),
+                Some(call) => Err(CounterError::in_call(
+                    call,
+                    CounterError::Timeout(Error::new(
+                        ErrorKind::Timeout,
+                        "Redis did not answer the call by the deadline",
+                    )),
+                )),
+            },
         }
     }
 
@@ -196,7 +223,7 @@ impl GroupCommit {
                 return;
             }
             state.in_flight += 1;
-            take_batch(&mut state.waiting)
+            take_batch(&mut state.waiting, self.next_call())
         };
         tokio::spawn(Arc::clone(self).drive(slot, batch));
     }
@@ -214,12 +241,20 @@ impl GroupCommit {
                 state.in_flight -= 1;
                 return;
             }
-            batch = take_batch(&mut state.waiting);
+            batch = take_batch(&mut state.waiting, self.next_call());
         }
     }
 
-    /// One `EVALSHA` deciding every request of `batch`, and each request's answer.
+    fn next_call(&self) -> u64 {
+        self.last_call.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// One `EVALSHA` deciding every request of `batch`, and each request's answer. A failure of
+    /// the call is one failure, shared by every request it carried ([`CounterError::InCall`]).
     async fn call(&self, slot: u16, batch: Vec<QueuedRequest>) {
+        let Some(call) = batch.first().map(|r| r.claim.0.load(Ordering::Acquire)) else {
+            return;
+        };
         let (keys, args) = encode(&batch);
         let reply: Result<Vec<i64>, Error> = self
             .script
@@ -230,31 +265,36 @@ impl GroupCommit {
             Ok(reply) => reply,
             Err(err) => {
                 for request in batch {
-                    let _ = request.reply.send(Err(classify(err.clone())));
+                    let _ = request
+                        .reply
+                        .send(Err(CounterError::in_call(call, classify(err.clone()))));
                 }
                 return;
             }
         };
         let Some((&redis_now_us, mut rest)) = reply.split_first() else {
             for request in batch {
-                let _ = request.reply.send(Err(CounterError::UnexpectedReply(
-                    "an empty reply, without the time".into(),
+                let _ = request.reply.send(Err(CounterError::in_call(
+                    call,
+                    CounterError::UnexpectedReply("an empty reply, without the time".into()),
                 )));
             }
             return;
         };
         self.clock.observe(slot, redis_now_us, received);
         for request in batch {
-            let outcome = take_outcome(&mut rest, request.keys.len());
+            // Late requests of one call were late together (a frozen or slow Redis): one failure.
+            let outcome = take_outcome(&mut rest, request.keys.len())
+                .map_err(|error| CounterError::in_call(call, error));
             // The waiter may have given up at its deadline meanwhile; nobody to tell then.
             let _ = request.reply.send(outcome);
         }
     }
 }
 
-/// The next call's requests from the front of `waiting`, within the bounds, skipping (and
-/// dropping) requests whose waiter gave up.
-fn take_batch(waiting: &mut VecDeque<QueuedRequest>) -> Vec<QueuedRequest> {
+/// The requests of call number `call` from the front of `waiting`, within the bounds, skipping
+/// (and dropping) requests whose waiter gave up.
+fn take_batch(waiting: &mut VecDeque<QueuedRequest>, call: u64) -> Vec<QueuedRequest> {
     let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH_REQUESTS));
     let mut checks = 0;
     while let Some(next) = waiting.front() {
@@ -266,7 +306,7 @@ fn take_batch(waiting: &mut VecDeque<QueuedRequest>) -> Vec<QueuedRequest> {
         let Some(next) = waiting.pop_front() else {
             break;
         };
-        if next.claim.take() {
+        if next.claim.send_in(call) {
             checks += next.keys.len();
             batch.push(next);
         }
@@ -400,23 +440,23 @@ mod tests {
     fn a_batch_is_bounded_and_skips_requests_whose_waiter_gave_up() {
         let mut waiting = VecDeque::new();
         let (gone, claim) = queued(&["k"], 0);
-        assert!(claim.take(), "the waiter gave up first");
+        assert_eq!(claim.abandon(), None, "the waiter gave up first");
         waiting.push_back(gone);
         for _ in 0..MAX_BATCH_REQUESTS + 10 {
             waiting.push_back(queued(&["k"], 0).0);
         }
-        let batch = take_batch(&mut waiting);
+        let batch = take_batch(&mut waiting, 7);
         assert_eq!(batch.len(), MAX_BATCH_REQUESTS);
         assert_eq!(waiting.len(), 10, "the rest waits for the next call");
         assert!(
-            batch.iter().all(|r| !r.claim.take()),
-            "every request sent is claimed as sent"
+            batch.iter().all(|r| r.claim.abandon() == Some(7)),
+            "every request sent is claimed as sent, in call 7"
         );
 
         let wide: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
         let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
         let mut waiting: VecDeque<_> = (0..20).map(|_| queued(&wide, 0).0).collect();
-        assert_eq!(take_batch(&mut waiting).len(), MAX_BATCH_CHECKS / 64);
+        assert_eq!(take_batch(&mut waiting, 8).len(), MAX_BATCH_CHECKS / 64);
     }
 
     #[test]

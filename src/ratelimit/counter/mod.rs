@@ -94,6 +94,15 @@ pub enum CounterError {
     /// call needs a new one. Says nothing about the counter's health, so the breaker ignores it.
     #[error("{0}")]
     Full(String),
+    /// `error` befell the whole script call `call` (a number unique within this counter), which
+    /// carried this request among others: the circuit breaker counts one failed call once, not
+    /// once per request it carried (one timed-out batch of 200 must not open it by itself).
+    #[error("{error}")]
+    InCall {
+        call: u64,
+        #[source]
+        error: Box<CounterError>,
+    },
     /// The call reached the counter store after its deadline, so the script recorded nothing.
     #[error("the call reached the counter store after its deadline; nothing was recorded")]
     Late,
@@ -106,6 +115,23 @@ pub enum CounterError {
     /// The caller passed a check the counter cannot represent.
     #[error("invalid counter check: {0}")]
     InvalidCheck(String),
+}
+
+impl CounterError {
+    /// The failure itself, and the script call it befell when several requests shared it.
+    pub fn call_and_cause(&self) -> (Option<u64>, &CounterError) {
+        match self {
+            Self::InCall { call, error } => (Some(*call), error),
+            other => (None, other),
+        }
+    }
+
+    fn in_call(call: u64, error: CounterError) -> Self {
+        Self::InCall {
+            call,
+            error: Box::new(error),
+        }
+    }
 }
 
 /// Exact sliding-window rate counting, decided atomically per tenant per request.
