@@ -123,6 +123,10 @@ impl<'a> Plan<'a> {
         policy: Option<&'a Arc<ActivePolicy>>,
         entries: &[(&[u8], &[u8])],
     ) -> Option<Self> {
+        if policy.is_none() && descriptor.limit_override.is_none() {
+            // Unmatched: no counter, so no key to build.
+            return None;
+        }
         let counter_tenant = keys::counter_tenant(descriptor.tenant, descriptor.tenant_text);
         match (policy, descriptor.limit_override) {
             (None, None) => None,
