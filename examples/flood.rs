@@ -44,23 +44,16 @@ use prost::Message;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sluice::{
     admin::auth::{PLATFORM_ADMIN_ROLE, mint_hs256},
-    proto::{
-        envoy::{
-            extensions::common::ratelimit::v3::{
-                RateLimitDescriptor, rate_limit_descriptor::Entry,
-            },
-            service::ratelimit::v3::{
-                RateLimitRequest, RateLimitResponse, rate_limit_response::Code,
-            },
-        },
-        sluice::admin::v1::{self as pb, policy_service_client::PolicyServiceClient},
-    },
+    proto::envoy::service::ratelimit::v3::{RateLimitResponse, rate_limit_response::Code},
 };
 use tonic::{
     Request, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     transport::{Channel, Endpoint},
 };
+
+#[path = "../benches/support/client.rs"]
+mod client;
 
 const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 const NAIVE_SCRIPT: &str = include_str!("naive_sliding_window.lua");
@@ -187,24 +180,9 @@ impl Decoder for ResponseDecoder {
 }
 
 fn encoded_request(tenant: &str, method: &str, path: &str) -> Bytes {
-    let entry = |key: &str, value: &str| Entry {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-    };
-    RateLimitRequest {
-        domain: "flood".to_owned(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![
-                entry("tenant_id", tenant),
-                entry("method", method),
-                entry("path", path),
-            ],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-    .encode_to_vec()
-    .into()
+    client::descriptor_request("flood", tenant, method, path)
+        .encode_to_vec()
+        .into()
 }
 
 /// One run's tenants (with their limits), bodies, and the Redis key pattern of its counters.
@@ -283,34 +261,16 @@ fn fail(message: &str) -> ! {
 
 /// Creates one policy per tenant through the admin API, sixteen calls at a time.
 async fn create_policies(channel: Channel, token: &str, tenants: &[(String, u32)]) {
-    let client = PolicyServiceClient::new(channel);
-    for chunk in tenants.chunks(16) {
-        let calls = chunk.iter().map(|(tenant, limit)| {
-            let mut client = client.clone();
-            let mut request = Request::new(pb::CreatePolicyRequest {
-                policy: Some(pb::Policy {
-                    tenant_id: tenant.clone(),
-                    endpoint_pattern: "/v1/**".to_owned(),
-                    max_requests: *limit,
-                    window_seconds: WINDOW_SECONDS,
-                    ..Default::default()
-                }),
-            });
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().expect("ascii"),
-            );
-            async move { client.create_policy(request).await }
-        });
-        for result in futures_util::future::join_all(calls).await {
-            if let Err(status) = result {
-                fail(&format!(
-                    "creating a policy failed: {:?} {}",
-                    status.code(),
-                    status.message()
-                ));
-            }
-        }
+    let specs: Vec<client::PolicySpec<'_>> = tenants
+        .iter()
+        .map(|(tenant, limit)| (tenant.clone(), "/v1/**", *limit, WINDOW_SECONDS, 0))
+        .collect();
+    if let Err(status) = client::create_policies(channel, token, &specs, 16).await {
+        fail(&format!(
+            "creating a policy failed: {:?} {}",
+            status.code(),
+            status.message()
+        ));
     }
 }
 
