@@ -32,17 +32,9 @@ use fred::types::InfoKind;
 use sluice::{
     admin::auth::{PLATFORM_ADMIN_ROLE, mint_hs256},
     domain::{EndpointPattern, Limits, Policy, PolicyId, PolicyTenant, TenantId},
-    proto::{
-        envoy::{
-            extensions::common::ratelimit::v3::{
-                RateLimitDescriptor, rate_limit_descriptor::Entry,
-            },
-            service::ratelimit::v3::{
-                RateLimitRequest, rate_limit_response::Code,
-                rate_limit_service_client::RateLimitServiceClient,
-            },
-        },
-        sluice::admin::v1::{self as pb, policy_service_client::PolicyServiceClient},
+    proto::envoy::service::ratelimit::v3::{
+        RateLimitRequest, rate_limit_response::Code,
+        rate_limit_service_client::RateLimitServiceClient,
     },
     ratelimit::{
         counter::InMemoryCounter,
@@ -55,7 +47,11 @@ use sluice::{
     telemetry::Metrics,
 };
 use tokio::{runtime::Runtime, sync::oneshot};
-use tonic::{Request, transport::Channel};
+
+use tonic::transport::Channel;
+
+#[path = "support/client.rs"]
+mod client;
 
 /// Tenants with generous limits, three policies each.
 const TENANTS: usize = 100;
@@ -131,22 +127,7 @@ fn hot_tenant_name(i: usize) -> String {
 }
 
 fn request(tenant: &str, method: &str, path: &str) -> RateLimitRequest {
-    let entry = |key: &str, value: &str| Entry {
-        key: key.into(),
-        value: value.into(),
-    };
-    RateLimitRequest {
-        domain: "edge".into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![
-                entry("tenant_id", tenant),
-                entry("method", method),
-                entry("path", path),
-            ],
-            ..Default::default()
-        }],
-        hits_addend: 0,
-    }
+    client::descriptor_request("edge", tenant, method, path)
 }
 
 /// The policies every scenario runs against, as (tenant, pattern, max, window s, burst).
@@ -289,32 +270,10 @@ async fn create_policies(addr: SocketAddr) {
         Duration::from_secs(3600),
     )
     .expect("a token");
-    let client = PolicyServiceClient::new(channel(addr).await);
-    let specs = policy_specs();
-    for chunk in specs.chunks(8) {
-        let calls = chunk.iter().map(|(tenant, pattern, max, window, burst)| {
-            let mut client = client.clone();
-            let mut request = Request::new(pb::CreatePolicyRequest {
-                policy: Some(pb::Policy {
-                    tenant_id: tenant.clone(),
-                    endpoint_pattern: (*pattern).to_owned(),
-                    max_requests: *max,
-                    window_seconds: *window,
-                    burst_limit: *burst,
-                    ..Default::default()
-                }),
-            });
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().expect("ascii"),
-            );
-            async move { client.create_policy(request).await }
-        });
-        for result in futures_util::future::join_all(calls).await {
-            if let Err(status) = result {
-                panic!("creating a policy failed: {status:?}");
-            }
-        }
+    if let Err(status) =
+        client::create_policies(channel(addr).await, &token, &policy_specs(), 8).await
+    {
+        panic!("creating a policy failed: {status:?}");
     }
 }
 
