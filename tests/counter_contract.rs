@@ -648,6 +648,89 @@ mod redis {
         assert_eq!(members, vec!["0000000000000002:2", "0000000000000005:3"]);
     }
 
+    /// The script's own contract for deadlines, called directly: a group's deadlines are one
+    /// sorted string, and the requests whose deadline Redis's clock has passed (the first ones)
+    /// are neither decided nor recorded, while the rest of the group is.
+    #[tokio::test]
+    async fn a_groups_late_requests_record_nothing_and_the_rest_do() {
+        let prefix = unique_prefix();
+        let key = format!("{prefix}{{{TENANT}}}:p:late");
+        let inspector = inspector().await;
+        let digits = |n: i64| format!("{n:016}");
+        // Two deadlines long past, one far ahead, one without a bound.
+        let deadlines = [
+            digits(1),
+            digits(2),
+            digits(i64::MAX / 1_000),
+            "9".repeat(16),
+        ]
+        .concat();
+        let reply: Vec<fred::types::Value> = command(
+            &inspector,
+            "EVAL",
+            vec![
+                include_str!("../src/ratelimit/counter/sliding_window.lua").into(),
+                "1".into(),
+                key.clone(),
+                // One window over 60 s; one group of 4 requests of one enforcing hit, max 100.
+                "1".into(),
+                "1".into(),
+                "60000".into(),
+                "0".into(),
+                "1".into(),
+                "4".into(),
+                "1".into(),
+                "1".into(),
+                "100".into(),
+                "0".into(),
+                "1".into(),
+                "1".into(),
+                deadlines,
+            ],
+        )
+        .await;
+        // now, the window (0, -1), the key (-1, score), then the group: 2 allowed, none denied.
+        assert_eq!(reply.len(), 7, "{reply:?}");
+        assert_eq!(reply[5].as_i64(), Some(2), "{reply:?}");
+        let members: Vec<String> = command(
+            &inspector,
+            "ZRANGE",
+            vec![key.clone(), "0".into(), "-1".into()],
+        )
+        .await;
+        assert_eq!(
+            members,
+            vec!["0000000000000002:2"],
+            "only the two live requests count"
+        );
+
+        let malformed: Result<fred::types::Value, _> = inspector
+            .custom(
+                CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false),
+                vec![
+                    include_str!("../src/ratelimit/counter/sliding_window.lua").to_owned(),
+                    "1".into(),
+                    key.clone(),
+                    "1".into(),
+                    "1".into(),
+                    "60000".into(),
+                    "0".into(),
+                    "1".into(),
+                    "2".into(),
+                    "1".into(),
+                    "1".into(),
+                    "100".into(),
+                    "0".into(),
+                    "1".into(),
+                    "1".into(),
+                    digits(1), // one deadline for two requests
+                ],
+            )
+            .await;
+        assert!(malformed.is_err(), "{malformed:?}");
+        let _: i64 = command(&inspector, "DEL", vec![key]).await;
+    }
+
     #[tokio::test]
     async fn unreachable_server_is_a_connection_error() {
         let result = RedisCounter::connect("redis://127.0.0.1:1", None, 1, unique_prefix()).await;
@@ -1138,6 +1221,99 @@ mod concurrent_requests {
             .await
             .expect("connect to the test Redis");
         keep_each_requests_semantics_in_arrival_order(Arc::new(counter)).await;
+    }
+}
+
+/// Random batches — runs of identical requests (the groups the script decides in one step)
+/// mixed with others that share their counters, shadow checks, weights, a burst limit, a
+/// counter named twice — decided together by Redis and one by one by the in-process counter:
+/// every verdict's `allowed` and `remaining` agree.
+mod random_batches {
+    use futures_util::future::join_all;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// (key, max_requests, burst_limit): three counters of one tenant.
+    const COUNTERS: [(&str, u32, u32); 3] = [("p:a", 6, 0), ("p:b", 9, 0), ("p:c", 12, 3)];
+
+    fn check() -> impl Strategy<Value = CounterCheck<'static>> {
+        (0..COUNTERS.len(), 0..4u32, prop::bool::weighted(0.8)).prop_map(
+            |(counter, hits, enforcing)| {
+                let (key_suffix, max_requests, burst_limit) = COUNTERS[counter];
+                CounterCheck {
+                    key_suffix,
+                    max_requests,
+                    window_ms: 60_000,
+                    burst_limit,
+                    hits,
+                    enforcing,
+                }
+            },
+        )
+    }
+
+    /// Runs of 1 to 6 identical requests of 1 to 3 checks each.
+    fn batch() -> impl Strategy<Value = Vec<Vec<CounterCheck<'static>>>> {
+        prop::collection::vec((prop::collection::vec(check(), 1..=3), 1..=6usize), 1..12).prop_map(
+            |runs| {
+                runs.into_iter()
+                    .flat_map(|(request, times)| std::iter::repeat_n(request, times))
+                    .collect()
+            },
+        )
+    }
+
+    /// (allowed, remaining) per check of each request, all sent at once (in order).
+    async fn decide_together(
+        counter: &dyn SlidingWindowCounter,
+        requests: &[Vec<CounterCheck<'static>>],
+    ) -> Vec<Vec<(bool, u32)>> {
+        join_all(
+            requests
+                .iter()
+                .map(|checks| counter.check(TENANT, checks, far_deadline())),
+        )
+        .await
+        .into_iter()
+        .map(|verdicts| {
+            verdicts
+                .expect("counter check")
+                .iter()
+                .map(|v| (v.allowed, v.remaining))
+                .collect()
+        })
+        .collect()
+    }
+
+    #[test]
+    fn decide_as_the_in_process_counter_does() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let url = runtime.block_on(test_redis_url());
+        let config = ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(requests in batch())| {
+            let (redis, memory) = runtime.block_on(async {
+                // One connection: after the first request, every request waits for the call
+                // in flight and goes in the next one, in arrival order.
+                let redis = RedisCounter::connect(&url, None, 1, unique_prefix())
+                    .await
+                    .expect("connect to the test Redis");
+                let memory = InMemoryCounter::new(10_000);
+                (
+                    decide_together(&redis, &requests).await,
+                    decide_together(&memory, &requests).await,
+                )
+            });
+            prop_assert_eq!(redis, memory);
+        });
     }
 }
 

@@ -23,17 +23,23 @@
 //! Calls are sent from spawned driver tasks, so a caller that gives up (or whose RPC is cancelled)
 //! never cancels a call that carries other requests.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use fred::error::Error;
 use fred::prelude::{ClientLike, ErrorKind, Pool};
+use fred::types::Value;
 use fred::types::scripts::Script;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{CounterError, CounterVerdict, redis::classify, redis_clock::RedisClock};
+use super::{
+    CounterError, CounterVerdict,
+    batch::{Plan, RequestChecks},
+    redis::classify,
+    redis_clock::RedisClock,
+};
 
 /// Most requests one script call decides. With a handful of keys per request, deciding 256 costs
 /// Redis well under a millisecond, so no call holds Redis up for long.
@@ -43,23 +49,12 @@ pub const MAX_BATCH_REQUESTS: usize = 256;
 /// request always fits.
 pub const MAX_BATCH_CHECKS: usize = 1_024;
 
-/// Limit values per check that a request carries: max_requests, window_ms, burst_limit, hits,
-/// enforcing. The script takes them after the key index.
-pub(super) const LIMITS_PER_CHECK: usize = 5;
-/// Integers the script returns per check: allowed, remaining, reset_after_ms.
-const REPLY_PER_CHECK: usize = 3;
-
 /// The Redis Cluster hash slots, one queue each.
 const CLUSTER_SLOTS: usize = 16_384;
 
 /// One request's checks of one tenant, waiting for a call.
 struct QueuedRequest {
-    /// One full key per check, in check order (a key may repeat).
-    keys: Vec<String>,
-    /// [`LIMITS_PER_CHECK`] values per check, in check order.
-    limits: Vec<i64>,
-    /// The request's deadline on Redis's clock (0 = no bound yet).
-    not_after_us: i64,
+    checks: RequestChecks,
     /// Taken by whoever decides the request's fate first: the driver sending it, or the waiter
     /// giving up on it.
     claim: Arc<Claim>,
@@ -168,7 +163,7 @@ impl GroupCommit {
         }
     }
 
-    /// Decides one request's checks (`keys` and [`LIMITS_PER_CHECK`] `limits` per check) in the
+    /// Decides one request's checks (`keys` and [`super::batch::LIMITS_PER_CHECK`] `limits` per check) in the
     /// next call of `slot`'s queue; see the module doc for what `deadline` guarantees.
     pub(super) async fn check(
         self: &Arc<Self>,
@@ -183,9 +178,11 @@ impl GroupCommit {
         self.enqueue(
             slot,
             QueuedRequest {
-                keys,
-                limits,
-                not_after_us: self.clock.not_after_us(slot, deadline),
+                checks: RequestChecks {
+                    keys,
+                    limits,
+                    not_after_us: self.clock.not_after_us(slot, deadline),
+                },
                 claim: Arc::clone(&claim),
                 reply,
             },
@@ -255,37 +252,31 @@ impl GroupCommit {
         let Some(call) = batch.first().map(|r| r.claim.0.load(Ordering::Acquire)) else {
             return;
         };
-        let (keys, args) = encode(&batch);
-        let reply: Result<Vec<i64>, Error> = self
+        let mut plan = Plan::new(batch.iter().map(|request| &request.checks));
+        let (keys, args) = plan.take_call();
+        let reply: Result<Vec<Value>, Error> = self
             .script
             .evalsha_with_reload(self.pool.next_connected(), keys, args)
             .await;
         let received = Instant::now();
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(err) => {
+        let outcomes = match reply {
+            Ok(reply) => plan.outcomes(&reply),
+            Err(err) => Err(classify(err)),
+        };
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                let error = CounterError::in_call(call, error);
                 for request in batch {
-                    let _ = request
-                        .reply
-                        .send(Err(CounterError::in_call(call, classify(err.clone()))));
+                    let _ = request.reply.send(Err(error.clone()));
                 }
                 return;
             }
         };
-        let Some((&redis_now_us, mut rest)) = reply.split_first() else {
-            for request in batch {
-                let _ = request.reply.send(Err(CounterError::in_call(
-                    call,
-                    CounterError::UnexpectedReply("an empty reply, without the time".into()),
-                )));
-            }
-            return;
-        };
-        self.clock.observe(slot, redis_now_us, received);
-        for request in batch {
+        self.clock.observe(slot, outcomes.redis_now_us, received);
+        for (request, outcome) in batch.into_iter().zip(outcomes.per_request) {
             // Late requests of one call were late together (a frozen or slow Redis): one failure.
-            let outcome = take_outcome(&mut rest, request.keys.len())
-                .map_err(|error| CounterError::in_call(call, error));
+            let outcome = outcome.map_err(|error| CounterError::in_call(call, error));
             // The waiter may have given up at its deadline meanwhile; nobody to tell then.
             let _ = request.reply.send(outcome);
         }
@@ -299,7 +290,7 @@ fn take_batch(waiting: &mut VecDeque<QueuedRequest>, call: u64) -> Vec<QueuedReq
     let mut checks = 0;
     while let Some(next) = waiting.front() {
         if batch.len() == MAX_BATCH_REQUESTS
-            || (!batch.is_empty() && checks + next.keys.len() > MAX_BATCH_CHECKS)
+            || (!batch.is_empty() && checks + next.checks.keys.len() > MAX_BATCH_CHECKS)
         {
             break;
         }
@@ -307,93 +298,11 @@ fn take_batch(waiting: &mut VecDeque<QueuedRequest>, call: u64) -> Vec<QueuedReq
             break;
         };
         if next.claim.send_in(call) {
-            checks += next.keys.len();
+            checks += next.checks.keys.len();
             batch.push(next);
         }
     }
     batch
-}
-
-/// KEYS (each distinct key once) and ARGV of the script for `batch`; the layout is in the header
-/// of `sliding_window.lua`.
-fn encode(batch: &[QueuedRequest]) -> (Vec<String>, Vec<i64>) {
-    let checks: usize = batch.iter().map(|r| r.keys.len()).sum();
-    let mut keys: Vec<String> = Vec::new();
-    let mut index: HashMap<&str, i64> = HashMap::with_capacity(checks.min(64));
-    let mut args: Vec<i64> =
-        Vec::with_capacity(1 + 2 * batch.len() + (1 + LIMITS_PER_CHECK) * checks);
-    args.push(batch.len() as i64);
-    for request in batch {
-        args.push(request.not_after_us);
-        args.push(request.keys.len() as i64);
-        for (key, limits) in request
-            .keys
-            .iter()
-            .zip(request.limits.chunks_exact(LIMITS_PER_CHECK))
-        {
-            let next = index.len() as i64 + 1;
-            let k = *index.entry(key.as_str()).or_insert_with(|| {
-                keys.push(key.clone());
-                next
-            });
-            args.push(k);
-            args.extend_from_slice(limits);
-        }
-    }
-    (keys, args)
-}
-
-/// One request's answer from the front of the rest of the reply: its lateness flag, then, when
-/// it was decided, three integers per check.
-fn take_outcome(rest: &mut &[i64], checks: usize) -> Result<Vec<CounterVerdict>, CounterError> {
-    match rest.split_first() {
-        Some((&1, tail)) => {
-            *rest = tail;
-            Err(CounterError::Late)
-        }
-        Some((&0, tail)) if tail.len() >= checks * REPLY_PER_CHECK => {
-            let (verdicts, tail) = tail.split_at(checks * REPLY_PER_CHECK);
-            *rest = tail;
-            verdicts_from_reply(verdicts, checks)
-        }
-        Some((flag, tail)) => Err(CounterError::UnexpectedReply(format!(
-            "lateness flag {flag} followed by {} integers for {checks} checks",
-            tail.len()
-        ))),
-        None => Err(CounterError::UnexpectedReply(
-            "the reply ends before this request's outcome".into(),
-        )),
-    }
-}
-
-/// Turns the script's flat `[allowed, remaining, reset_after_ms, …]` into verdicts.
-fn verdicts_from_reply(reply: &[i64], checks: usize) -> Result<Vec<CounterVerdict>, CounterError> {
-    if reply.len() != checks * REPLY_PER_CHECK {
-        return Err(CounterError::UnexpectedReply(format!(
-            "{} integers for {checks} checks",
-            reply.len()
-        )));
-    }
-    reply
-        .chunks_exact(REPLY_PER_CHECK)
-        .map(|chunk| {
-            let [allowed, remaining, reset_after_ms] = [chunk[0], chunk[1], chunk[2]];
-            let out_of_range = || {
-                CounterError::UnexpectedReply(format!(
-                    "verdict [{allowed}, {remaining}, {reset_after_ms}] out of range"
-                ))
-            };
-            Ok(CounterVerdict {
-                allowed: match allowed {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(out_of_range()),
-                },
-                remaining: u32::try_from(remaining).map_err(|_| out_of_range())?,
-                reset_after_ms: u64::try_from(reset_after_ms).map_err(|_| out_of_range())?,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -404,36 +313,19 @@ mod tests {
         let claim = Arc::new(Claim::default());
         let (reply, _) = oneshot::channel();
         let request = QueuedRequest {
-            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
-            limits: keys
-                .iter()
-                .enumerate()
-                .flat_map(|(i, _)| [10, 1_000, 0, i as i64 + 1, 1])
-                .collect(),
-            not_after_us,
+            checks: RequestChecks {
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+                limits: keys
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, _)| [10, 1_000, 0, i as i64 + 1, 1])
+                    .collect(),
+                not_after_us,
+            },
             claim: Arc::clone(&claim),
             reply,
         };
         (request, claim)
-    }
-
-    #[test]
-    fn a_batch_names_each_key_once_and_keeps_arrival_order() {
-        let batch = [queued(&["k:a", "k:b", "k:a"], 7).0, queued(&["k:b"], 0).0];
-        let (keys, args) = encode(&batch);
-        assert_eq!(keys, ["k:a", "k:b"]);
-        assert_eq!(
-            args,
-            [
-                2, // requests
-                7, 3, // not_after, checks
-                1, 10, 1_000, 0, 1, 1, // k:a
-                2, 10, 1_000, 0, 2, 1, // k:b
-                1, 10, 1_000, 0, 3, 1, // k:a again
-                0, 1, // second request
-                2, 10, 1_000, 0, 1, 1,
-            ]
-        );
     }
 
     #[test]
@@ -457,46 +349,5 @@ mod tests {
         let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
         let mut waiting: VecDeque<_> = (0..20).map(|_| queued(&wide, 0).0).collect();
         assert_eq!(take_batch(&mut waiting, 8).len(), MAX_BATCH_CHECKS / 64);
-    }
-
-    #[test]
-    fn each_request_gets_its_own_outcome_from_the_reply() {
-        let reply = [0, 1, 4, 1000, 1, 0, 0, 1, 0, 7];
-        let mut rest = &reply[..];
-        assert_eq!(
-            take_outcome(&mut rest, 2).expect("decided"),
-            vec![
-                CounterVerdict {
-                    allowed: true,
-                    remaining: 4,
-                    reset_after_ms: 1000
-                },
-                CounterVerdict {
-                    allowed: true,
-                    remaining: 0,
-                    reset_after_ms: 0
-                },
-            ]
-        );
-        assert!(matches!(
-            take_outcome(&mut rest, 1),
-            Err(CounterError::Late)
-        ));
-        assert!(matches!(
-            take_outcome(&mut rest, 1),
-            Err(CounterError::UnexpectedReply(_))
-        ));
-    }
-
-    #[test]
-    fn reply_of_the_wrong_shape_is_an_error() {
-        assert!(matches!(
-            verdicts_from_reply(&[1, 2], 1),
-            Err(CounterError::UnexpectedReply(_))
-        ));
-        assert!(matches!(
-            verdicts_from_reply(&[2, 0, 0], 1),
-            Err(CounterError::UnexpectedReply(_))
-        ));
     }
 }

@@ -26,6 +26,7 @@
 //! ([`CounterError::Late`]); [`InMemoryCounter`] decides synchronously, so it can never run after
 //! its caller gave up.
 
+mod batch;
 mod group_commit;
 mod memory;
 mod redis;
@@ -73,7 +74,7 @@ pub struct CounterVerdict {
 }
 
 /// Why the counter step could not give a decision.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CounterError {
     /// The counter store could not be reached, or the connection broke mid-call.
     #[error("cannot reach the counter store")]

@@ -42,9 +42,8 @@ use prometheus::IntGauge;
 use tokio::time::Instant;
 
 use super::{
-    CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter,
-    group_commit::{GroupCommit, LIMITS_PER_CHECK},
-    validate,
+    CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter, batch::LIMITS_PER_CHECK,
+    group_commit::GroupCommit, validate,
 };
 
 /// The sliding-window script; its header documents KEYS, ARGV and the reply.
