@@ -16,7 +16,8 @@
 # FLOOD_CEILING_CALLS (200000; 0 = none), FLOOD_CHECK (1: exit non-zero on an error answer or
 # counted hits != OK answers), FLOOD_REDIS_URL (redis://127.0.0.1:6379), FLOOD_DATABASE_URL
 # (postgres://sluice_test:sluice_test@127.0.0.1:5432/postgres: a role that may create databases),
-# FLOOD_MIN_FREE_GB (5: free disk a release build needs). Sluice's own settings (e.g.
+# FLOOD_MIN_FREE_GB (5: free disk a release build needs), FLOOD_SLUICE_BIN (another sluice binary
+# to run, for an A/B against an earlier commit). Sluice's own settings (e.g.
 # RATE_LIMIT_REDIS_TIMEOUT_MS, SLUICE_REDIS_POOL_SIZE) pass through. Loopback only; every run is
 # bounded by FLOOD_SECS and a maximum number of checks.
 set -euo pipefail
@@ -67,6 +68,10 @@ fi
 
 echo "bench-flood: building sluice and examples/flood ($PROFILE)" >&2
 SQLX_OFFLINE=true cargo build -q "${build_flags[@]}" --bin sluice --example flood
+# FLOOD_SLUICE_BIN: run another build of sluice (e.g. an earlier commit's, for an A/B in one
+# sitting) against the same generator.
+sluice_bin="${FLOOD_SLUICE_BIN:-$target_dir/sluice}"
+[ -x "$sluice_bin" ] || die "FLOOD_SLUICE_BIN=$sluice_bin is not an executable"
 
 # ---------------------------------------------------------------- what this run creates
 run_id="$$_$(date +%s)"
@@ -120,7 +125,7 @@ SLUICE_JWT_HS256_SECRET="$secret" \
     SLUICE_HTTP_ADDR="127.0.0.1:$http_port" \
     SLUICE_LOG_FORMAT=json \
     RUST_LOG="${RUST_LOG:-warn}" \
-    "$target_dir/sluice" serve >"$work_dir/sluice.log" 2>&1 &
+    "$sluice_bin" serve >"$work_dir/sluice.log" 2>&1 &
 sluice_pid=$!
 
 ready=""
@@ -139,7 +144,7 @@ fi
 
 cpu_model="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)"
 echo "machine: $(nproc) CPUs (${cpu_model:-unknown}), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "sluice $("$target_dir/sluice" --version | awk '{ print $2 }') ($PROFILE, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)); $(redis-cli -u "$REDIS_URL_" info server | grep -o 'redis_version:[^[:space:]]*'); PostgreSQL $(psql -X -At "$ADMIN_DB_URL" -c 'show server_version')"
+echo "sluice $("$sluice_bin" --version | awk '{ print $2 }') ($PROFILE, ${FLOOD_SLUICE_BIN:+binary $FLOOD_SLUICE_BIN, }commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)); $(redis-cli -u "$REDIS_URL_" info server | grep -o 'redis_version:[^[:space:]]*'); PostgreSQL $(psql -X -At "$ADMIN_DB_URL" -c 'show server_version')"
 echo "Sluice, Redis, PostgreSQL and the load generator share this machine; RATE_LIMIT_REDIS_TIMEOUT_MS=${RATE_LIMIT_REDIS_TIMEOUT_MS:-50}"
 
 check_flag=()

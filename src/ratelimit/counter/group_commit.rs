@@ -4,13 +4,14 @@
 //!
 //! # How a check reaches Redis
 //! A check joins the queue of its hash slot (one queue on a standalone Redis, where a call may mix
-//! tenants; one per slot on Redis Cluster, where a call may only hold keys of one slot). When fewer
-//! than [`GroupCommit::max_in_flight`] calls of that queue are in flight (one per pooled
-//! connection), the check goes at once — alone, if nothing else waits: there is no timer and no
-//! added latency. Otherwise it waits; when a call returns, its driver takes everything queued
-//! meanwhile (at most [`MAX_BATCH_REQUESTS`] requests and [`MAX_BATCH_CHECKS`] checks) as the
-//! next call. Busy periods therefore turn into bigger calls, not longer queues: Redis pays per key
-//! per call, not per request.
+//! tenants; one per slot on Redis Cluster, where a call may only hold keys of one slot). When no
+//! call of that queue is in flight, the check goes at once — alone, if nothing else waits: there
+//! is no timer and no added latency. Otherwise it waits; when the call returns, its driver takes
+//! everything queued meanwhile (at most [`MAX_BATCH_REQUESTS`] requests and [`MAX_BATCH_CHECKS`]
+//! checks) as the next call. Busy periods therefore turn into bigger calls, not longer queues:
+//! Redis pays per key and per call, not per request. A queue opens a further call (up to
+//! [`GroupCommit::max_in_flight`], one per pooled connection) only while a full batch waits, so
+//! calls stay as full as the load allows and throughput never serialises on one round trip.
 //!
 //! # Deadlines stay per request
 //! Each request carries its own `not_after` on Redis's clock into the batch, and the script skips
@@ -108,9 +109,22 @@ struct SlotQueue(Mutex<QueueState>);
 #[derive(Default)]
 struct QueueState {
     waiting: VecDeque<QueuedRequest>,
-    /// Calls of this queue in flight. While requests wait, this is at the maximum and a driver
-    /// will take them when its call returns.
+    /// The checks of `waiting`, summed.
+    waiting_checks: usize,
+    /// Calls of this queue in flight. While requests wait, at least one is, and its driver will
+    /// take them when its call returns.
     in_flight: usize,
+}
+
+impl QueueState {
+    /// Whether a request just queued should start a call of its own now: when none is in
+    /// flight, or when a full batch waits and a connection is free for it.
+    fn may_start_call(&self, max_in_flight: usize) -> bool {
+        self.in_flight == 0
+            || (self.in_flight < max_in_flight
+                && (self.waiting.len() >= MAX_BATCH_REQUESTS
+                    || self.waiting_checks >= MAX_BATCH_CHECKS))
+    }
 }
 
 impl SlotQueue {
@@ -131,8 +145,8 @@ pub(super) struct GroupCommit {
     /// Redis Cluster: a queue (and a clock) per hash slot.
     clustered: bool,
     queues: Box<[SlotQueue]>,
-    /// Calls in flight per queue, at most: one per pooled connection, so throughput does not
-    /// serialise on one round trip.
+    /// Calls in flight per queue, at most: one per pooled connection. Beyond the first, a call
+    /// starts only with a full batch.
     max_in_flight: usize,
     /// The last call number handed out; numbers start above [`Claim::ABANDONED`].
     last_call: AtomicU64,
@@ -215,12 +229,13 @@ impl GroupCommit {
     fn enqueue(self: &Arc<Self>, slot: u16, request: QueuedRequest) {
         let batch = {
             let mut state = self.queue(slot).lock();
+            state.waiting_checks += request.checks.keys.len();
             state.waiting.push_back(request);
-            if state.in_flight >= self.max_in_flight {
+            if !state.may_start_call(self.max_in_flight) {
                 return;
             }
             state.in_flight += 1;
-            take_batch(&mut state.waiting, self.next_call())
+            take_batch(&mut state, self.next_call())
         };
         tokio::spawn(Arc::clone(self).drive(slot, batch));
     }
@@ -238,7 +253,7 @@ impl GroupCommit {
                 state.in_flight -= 1;
                 return;
             }
-            batch = take_batch(&mut state.waiting, self.next_call());
+            batch = take_batch(&mut state, self.next_call());
         }
     }
 
@@ -283,20 +298,21 @@ impl GroupCommit {
     }
 }
 
-/// The requests of call number `call` from the front of `waiting`, within the bounds, skipping
+/// The requests of call number `call` from the front of the queue, within the bounds, skipping
 /// (and dropping) requests whose waiter gave up.
-fn take_batch(waiting: &mut VecDeque<QueuedRequest>, call: u64) -> Vec<QueuedRequest> {
-    let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH_REQUESTS));
+fn take_batch(state: &mut QueueState, call: u64) -> Vec<QueuedRequest> {
+    let mut batch = Vec::with_capacity(state.waiting.len().min(MAX_BATCH_REQUESTS));
     let mut checks = 0;
-    while let Some(next) = waiting.front() {
+    while let Some(next) = state.waiting.front() {
         if batch.len() == MAX_BATCH_REQUESTS
             || (!batch.is_empty() && checks + next.checks.keys.len() > MAX_BATCH_CHECKS)
         {
             break;
         }
-        let Some(next) = waiting.pop_front() else {
+        let Some(next) = state.waiting.pop_front() else {
             break;
         };
+        state.waiting_checks -= next.checks.keys.len();
         if next.claim.send_in(call) {
             checks += next.checks.keys.len();
             batch.push(next);
@@ -330,16 +346,21 @@ mod tests {
 
     #[test]
     fn a_batch_is_bounded_and_skips_requests_whose_waiter_gave_up() {
-        let mut waiting = VecDeque::new();
+        let mut state = QueueState::default();
         let (gone, claim) = queued(&["k"], 0);
         assert_eq!(claim.abandon(), None, "the waiter gave up first");
-        waiting.push_back(gone);
+        let push = |state: &mut QueueState, request: QueuedRequest| {
+            state.waiting_checks += request.checks.keys.len();
+            state.waiting.push_back(request);
+        };
+        push(&mut state, gone);
         for _ in 0..MAX_BATCH_REQUESTS + 10 {
-            waiting.push_back(queued(&["k"], 0).0);
+            push(&mut state, queued(&["k"], 0).0);
         }
-        let batch = take_batch(&mut waiting, 7);
+        let batch = take_batch(&mut state, 7);
         assert_eq!(batch.len(), MAX_BATCH_REQUESTS);
-        assert_eq!(waiting.len(), 10, "the rest waits for the next call");
+        assert_eq!(state.waiting.len(), 10, "the rest waits for the next call");
+        assert_eq!(state.waiting_checks, 10);
         assert!(
             batch.iter().all(|r| r.claim.abandon() == Some(7)),
             "every request sent is claimed as sent, in call 7"
@@ -347,7 +368,33 @@ mod tests {
 
         let wide: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
         let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
-        let mut waiting: VecDeque<_> = (0..20).map(|_| queued(&wide, 0).0).collect();
-        assert_eq!(take_batch(&mut waiting, 8).len(), MAX_BATCH_CHECKS / 64);
+        let mut state = QueueState::default();
+        for _ in 0..20 {
+            push(&mut state, queued(&wide, 0).0);
+        }
+        assert_eq!(take_batch(&mut state, 8).len(), MAX_BATCH_CHECKS / 64);
+        assert_eq!(state.waiting_checks, (20 - MAX_BATCH_CHECKS / 64) * 64);
+    }
+
+    #[test]
+    fn a_further_call_starts_only_for_a_full_batch() {
+        let mut state = QueueState::default();
+        assert!(state.may_start_call(4), "nothing in flight: go at once");
+        state.in_flight = 1;
+        for _ in 0..MAX_BATCH_REQUESTS - 1 {
+            state.waiting.push_back(queued(&["k"], 0).0);
+        }
+        assert!(!state.may_start_call(4), "wait for the call in flight");
+        state.waiting.push_back(queued(&["k"], 0).0);
+        assert!(state.may_start_call(4), "a full batch waits");
+        state.in_flight = 4;
+        assert!(!state.may_start_call(4), "every connection is busy");
+        let mut wide = QueueState {
+            in_flight: 1,
+            waiting_checks: MAX_BATCH_CHECKS,
+            ..QueueState::default()
+        };
+        wide.waiting.push_back(queued(&["k"], 0).0);
+        assert!(wide.may_start_call(2), "a full batch by checks");
     }
 }
