@@ -347,8 +347,9 @@ fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Redis's CPU seconds and EVALSHA calls so far.
-async fn redis_counters(redis: &fred::clients::Client) -> (f64, f64) {
+/// Redis's CPU seconds, EVALSHA calls and the seconds spent running them (commandstats: the
+/// script's own time, without reading the request or writing the reply) so far.
+async fn redis_counters(redis: &fred::clients::Client) -> (f64, f64, f64) {
     let cpu: String = redis.info(Some(InfoKind::Cpu)).await.unwrap_or_default();
     let commands: String = redis
         .info(Some(InfoKind::CommandStats))
@@ -360,13 +361,19 @@ async fn redis_counters(redis: &fred::clients::Client) -> (f64, f64) {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
     };
-    let evalsha = commands
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
-        .and_then(|line| line.split(',').find_map(|p| p.strip_prefix("calls=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    (field("used_cpu_user:") + field("used_cpu_sys:"), evalsha)
+    let evalsha = |name: &str| -> f64 {
+        commands
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+            .and_then(|line| line.split(',').find_map(|p| p.strip_prefix(name)))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        field("used_cpu_user:") + field("used_cpu_sys:"),
+        evalsha("calls="),
+        evalsha("usec=") / 1e6,
+    )
 }
 
 /// `sluice_checks_total` by decision (and `fail_open:<reason>`), summed over other labels.
@@ -454,6 +461,8 @@ struct Sample {
     own_cpu: f64,
     redis_cpu: f64,
     evalsha: f64,
+    /// Seconds Redis spent inside EVALSHA.
+    script_secs: f64,
 }
 
 struct Probe {
@@ -464,12 +473,13 @@ struct Probe {
 
 impl Probe {
     async fn sample(&self) -> Sample {
-        let (redis_cpu, evalsha) = redis_counters(&self.redis).await;
+        let (redis_cpu, evalsha, script_secs) = redis_counters(&self.redis).await;
         Sample {
             sluice_cpu: process_cpu_seconds(self.sluice_pid, self.ticks),
             own_cpu: process_cpu_seconds(std::process::id(), self.ticks),
             redis_cpu,
             evalsha,
+            script_secs,
         }
     }
 }
@@ -622,6 +632,8 @@ struct Ceiling {
     calls: u64,
     calls_per_second: f64,
     redis_cpu_us_per_call: f64,
+    /// The script's own time per call (commandstats).
+    script_us_per_call: f64,
 }
 
 async fn ceiling(args: &Args, redis: &fred::clients::Client, inflight: usize) -> Ceiling {
@@ -634,7 +646,7 @@ async fn ceiling(args: &Args, redis: &fred::clients::Client, inflight: usize) ->
     let pipeline = (inflight / clients).max(1);
     let key = format!("{}{{naive-c{inflight}}}:log", args.key_prefix);
     let window_ms = (u64::from(WINDOW_SECONDS) * 1000).to_string();
-    let (cpu_before, _) = redis_counters(redis).await;
+    let (cpu_before, _, script_before) = redis_counters(redis).await;
     let output = Command::new("redis-benchmark")
         .args(["-h", &host, "-p", &port, "--csv", "-r", "1000000000"])
         .args(["-c", &clients.to_string(), "-P", &pipeline.to_string()])
@@ -647,7 +659,7 @@ async fn ceiling(args: &Args, redis: &fred::clients::Client, inflight: usize) ->
                 "cannot run redis-benchmark ({err}): apt-get install redis-tools"
             ))
         });
-    let (cpu_after, _) = redis_counters(redis).await;
+    let (cpu_after, _, script_after) = redis_counters(redis).await;
     if !output.status.success() {
         fail(&format!(
             "redis-benchmark failed: {}",
@@ -667,6 +679,8 @@ async fn ceiling(args: &Args, redis: &fred::clients::Client, inflight: usize) ->
         calls: args.ceiling_calls,
         calls_per_second,
         redis_cpu_us_per_call: (cpu_after - cpu_before) * 1e6 / args.ceiling_calls.max(1) as f64,
+        script_us_per_call: (script_after - script_before) * 1e6
+            / args.ceiling_calls.max(1) as f64,
     }
 }
 
@@ -688,7 +702,7 @@ fn redis_host_port(url: &str) -> (String, String) {
 
 fn print_runs(runs: &[RunResult]) {
     println!(
-        "\n{:<5} {:>6} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>14} {:>9} {:>5} {:>8} {:>8} {:>8} {:>7}",
+        "\n{:<5} {:>6} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>14} {:>9} {:>5} {:>8} {:>8} {:>7} {:>8} {:>7}",
         "scen",
         "flight",
         "checks/s",
@@ -702,6 +716,7 @@ fn print_runs(runs: &[RunResult]) {
         "exact",
         "sluice",
         "redis",
+        "script",
         "loadgen",
         "chk/call"
     );
@@ -714,7 +729,7 @@ fn print_runs(runs: &[RunResult]) {
             "-".to_owned()
         };
         println!(
-            "{:<5} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>8} {:>6} {:>14} {:>9} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+            "{:<5} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>8} {:>6} {:>14} {:>9} {:>5} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>7}",
             run.scenario.name(),
             run.inflight,
             run.rate(),
@@ -728,13 +743,15 @@ fn print_runs(runs: &[RunResult]) {
             if run.counted == t.ok { "yes" } else { "NO" },
             run.cpu_us(|s| s.sluice_cpu, false),
             run.cpu_us(|s| s.redis_cpu, false),
+            run.cpu_us(|s| s.script_secs, false),
             run.cpu_us(|s| s.own_cpu, false),
             per_call,
         );
     }
     println!(
         "(ok/over/errors/fail_open/counted: every answer of the run, warm-up included; checks/s, \
-         latency and CPU (µs per check): the measured span; chk/call: checks per EVALSHA)"
+         latency and CPU (µs per check): the measured span; script: Redis's time inside EVALSHA \
+         (commandstats), part of redis; chk/call: checks per EVALSHA)"
     );
     for run in runs {
         let decisions: Vec<String> = run.checks.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -764,13 +781,13 @@ fn print_ceilings(runs: &[RunResult], ceilings: &[Ceiling]) {
     }
     println!("\nceiling: redis-benchmark, naive 5-command sliding-window script by EVALSHA");
     println!(
-        "{:>6} {:>9} {:>10} {:>14}",
-        "flight", "calls", "calls/s", "redis µs/call"
+        "{:>6} {:>9} {:>10} {:>14} {:>15}",
+        "flight", "calls", "calls/s", "redis µs/call", "script µs/call"
     );
     for c in ceilings {
         println!(
-            "{:>6} {:>9} {:>10.0} {:>14.2}",
-            c.inflight, c.calls, c.calls_per_second, c.redis_cpu_us_per_call
+            "{:>6} {:>9} {:>10.0} {:>14.2} {:>15.2}",
+            c.inflight, c.calls, c.calls_per_second, c.redis_cpu_us_per_call, c.script_us_per_call
         );
     }
     println!("\nratios (same run):");
@@ -788,12 +805,15 @@ fn print_ceilings(runs: &[RunResult], ceilings: &[Ceiling]) {
                 format!("{:.2}", run.rate() / d.rate().max(f64::MIN_POSITIVE))
             });
             let redis_per_ok = run.cpu_us(|s| s.redis_cpu, true);
+            let script_per_ok = run.cpu_us(|s| s.script_secs, true);
             println!(
                 "  {}/{}: allow/deny throughput {allow_vs_deny}; Redis µs per allowed check \
-                 {redis_per_ok:.2} = {:.2} × the naive script's per call",
+                 {redis_per_ok:.2} = {:.2} × the naive script's per call; in the script \
+                 {script_per_ok:.2} = {:.2} × the naive script's",
                 scenario.name(),
                 c.inflight,
                 redis_per_ok / c.redis_cpu_us_per_call.max(f64::MIN_POSITIVE),
+                script_per_ok / c.script_us_per_call.max(f64::MIN_POSITIVE),
             );
         }
     }

@@ -10,8 +10,9 @@
 //! everything queued meanwhile (at most [`MAX_BATCH_REQUESTS`] requests and [`MAX_BATCH_CHECKS`]
 //! checks) as the next call. Busy periods therefore turn into bigger calls, not longer queues:
 //! Redis pays per key and per call, not per request. A queue opens a further call (up to
-//! [`GroupCommit::max_in_flight`], one per pooled connection) only while a full batch waits, so
-//! calls stay as full as the load allows and throughput never serialises on one round trip.
+//! [`GroupCommit::max_in_flight`], one per pooled connection) only while a full batch waits or its
+//! oldest request has waited past [`STALLED_AFTER`], so calls stay as full as the load allows,
+//! throughput never serialises on one round trip, and a slow call does not hold the queue up.
 //!
 //! # Deadlines stay per request
 //! Each request carries its own `not_after` on Redis's clock into the batch, and the script skips
@@ -27,6 +28,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use fred::error::Error;
 use fred::prelude::{ClientLike, ErrorKind, Pool};
@@ -50,12 +52,18 @@ pub const MAX_BATCH_REQUESTS: usize = 256;
 /// request always fits.
 pub const MAX_BATCH_CHECKS: usize = 1_024;
 
+/// How long the oldest queued request may wait before its queue opens a further call: far above
+/// a healthy call's round trip (well under a millisecond), far below the 50 ms default deadline.
+const STALLED_AFTER: Duration = Duration::from_millis(2);
+
 /// The Redis Cluster hash slots, one queue each.
 const CLUSTER_SLOTS: usize = 16_384;
 
 /// One request's checks of one tenant, waiting for a call.
 struct QueuedRequest {
     checks: RequestChecks,
+    /// When it joined the queue.
+    queued_at: Instant,
     /// Taken by whoever decides the request's fate first: the driver sending it, or the waiter
     /// giving up on it.
     claim: Arc<Claim>,
@@ -117,13 +125,20 @@ struct QueueState {
 }
 
 impl QueueState {
-    /// Whether a request just queued should start a call of its own now: when none is in
-    /// flight, or when a full batch waits and a connection is free for it.
-    fn may_start_call(&self, max_in_flight: usize) -> bool {
+    /// Whether a request just queued (at `now`) should start a call of its own: when none is in
+    /// flight; or, while a connection is free, when a full batch waits or the oldest request has
+    /// waited longer than [`STALLED_AFTER`] — the call in flight is slow (Redis or this process
+    /// starved of CPU), and a second call lets Redis work on it while the first one's answer
+    /// waits to be read.
+    fn may_start_call(&self, max_in_flight: usize, now: Instant) -> bool {
         self.in_flight == 0
             || (self.in_flight < max_in_flight
                 && (self.waiting.len() >= MAX_BATCH_REQUESTS
-                    || self.waiting_checks >= MAX_BATCH_CHECKS))
+                    || self.waiting_checks >= MAX_BATCH_CHECKS
+                    || self
+                        .waiting
+                        .front()
+                        .is_some_and(|oldest| now - oldest.queued_at > STALLED_AFTER)))
     }
 }
 
@@ -197,6 +212,7 @@ impl GroupCommit {
                     limits,
                     not_after_us: self.clock.not_after_us(slot, deadline),
                 },
+                queued_at: Instant::now(),
                 claim: Arc::clone(&claim),
                 reply,
             },
@@ -229,9 +245,10 @@ impl GroupCommit {
     fn enqueue(self: &Arc<Self>, slot: u16, request: QueuedRequest) {
         let batch = {
             let mut state = self.queue(slot).lock();
+            let now = request.queued_at;
             state.waiting_checks += request.checks.keys.len();
             state.waiting.push_back(request);
-            if !state.may_start_call(self.max_in_flight) {
+            if !state.may_start_call(self.max_in_flight, now) {
                 return;
             }
             state.in_flight += 1;
@@ -338,6 +355,7 @@ mod tests {
                     .collect(),
                 not_after_us,
             },
+            queued_at: Instant::now(),
             claim: Arc::clone(&claim),
             reply,
         };
@@ -377,24 +395,30 @@ mod tests {
     }
 
     #[test]
-    fn a_further_call_starts_only_for_a_full_batch() {
+    fn a_further_call_starts_only_for_a_full_batch_or_a_stalled_queue() {
+        let now = Instant::now();
         let mut state = QueueState::default();
-        assert!(state.may_start_call(4), "nothing in flight: go at once");
+        assert!(state.may_start_call(4, now), "nothing in flight: go at once");
         state.in_flight = 1;
         for _ in 0..MAX_BATCH_REQUESTS - 1 {
             state.waiting.push_back(queued(&["k"], 0).0);
         }
-        assert!(!state.may_start_call(4), "wait for the call in flight");
+        assert!(!state.may_start_call(4, now), "wait for the call in flight");
+        assert!(
+            state.may_start_call(4, now + STALLED_AFTER * 2),
+            "the oldest waited too long: the call in flight is slow"
+        );
         state.waiting.push_back(queued(&["k"], 0).0);
-        assert!(state.may_start_call(4), "a full batch waits");
+        assert!(state.may_start_call(4, now), "a full batch waits");
         state.in_flight = 4;
-        assert!(!state.may_start_call(4), "every connection is busy");
+        assert!(!state.may_start_call(4, now), "every connection is busy");
+        assert!(!state.may_start_call(4, now + STALLED_AFTER * 2));
         let mut wide = QueueState {
             in_flight: 1,
             waiting_checks: MAX_BATCH_CHECKS,
             ..QueueState::default()
         };
         wide.waiting.push_back(queued(&["k"], 0).0);
-        assert!(wide.may_start_call(2), "a full batch by checks");
+        assert!(wide.may_start_call(2, now), "a full batch by checks");
     }
 }
