@@ -18,8 +18,9 @@ const RULES: &str = "deploy/prometheus/sluice-alerts.yml";
 const RULE_TESTS: &str = "deploy/prometheus/sluice-alerts.test.yml";
 const RUNBOOK: &str = "docs/runbook.md";
 
-/// Every metric family the rules use, with how Prometheus exposes it. Sluice's own: SPEC §5 and
-/// `src/telemetry.rs`; `up` is Prometheus's own and is not listed.
+/// Every metric family the rules name, in an expression or an annotation, with how Prometheus
+/// exposes it. Sluice's own: SPEC §5 and `src/telemetry.rs`; `up` is Prometheus's own and is not
+/// listed.
 const RULE_METRICS: &[(&str, Kind)] = &[
     ("sluice_checks_total", Kind::Plain),
     ("sluice_check_duration_seconds", Kind::Histogram),
@@ -30,6 +31,7 @@ const RULE_METRICS: &[(&str, Kind)] = &[
     // Added with issue 11: readiness, the policy snapshot's age and per-tenant decisions.
     ("sluice_ready", Kind::Plain),
     ("sluice_policy_snapshot_timestamp_seconds", Kind::Plain),
+    ("sluice_policy_reload_errors_total", Kind::Plain),
     ("sluice_tenant_checks_total", Kind::Plain),
 ];
 
@@ -69,7 +71,8 @@ fn promtool(args: &[&str]) -> String {
     stdout
 }
 
-/// One `- alert:` rule of the rules file, as text: its name and every line up to the next rule.
+/// One `- alert:` rule of the rules file, as text: its name and every line up to the next rule
+/// (`expr`, `for`, labels, annotations).
 struct AlertRule {
     name: String,
     body: String,
@@ -101,32 +104,6 @@ fn alert_rules() -> Vec<AlertRule> {
     rules.retain(|rule| !rule.name.is_empty());
     assert!(!rules.is_empty(), "no `- alert:` rule in {RULES}");
     rules
-}
-
-/// The text of a rule's `expr:`, inline or as a block scalar (`expr: |`).
-fn expression(rule: &AlertRule) -> String {
-    let mut lines = rule.body.lines();
-    let mut expr = String::new();
-    while let Some(line) = lines.next() {
-        let Some(rest) = line.trim_start().strip_prefix("expr:") else {
-            continue;
-        };
-        let indent = line.len() - line.trim_start().len();
-        let rest = rest.trim();
-        if rest != "|" && rest != ">" && rest != "|-" && rest != ">-" {
-            return rest.to_owned();
-        }
-        for block_line in lines.by_ref() {
-            let block_indent = block_line.len() - block_line.trim_start().len();
-            if !block_line.trim().is_empty() && block_indent <= indent {
-                break;
-            }
-            expr.push_str(block_line.trim());
-            expr.push(' ');
-        }
-        return expr;
-    }
-    panic!("alert {} has no expr", rule.name)
 }
 
 /// Every `sluice_…` name in `text`.
@@ -161,11 +138,6 @@ fn family_of(series: &str) -> Option<&'static str> {
                 .any(|suffix| series.strip_suffix(suffix) == Some(family)),
         })
         .map(|(family, _)| *family)
-}
-
-/// The anchor GitHub gives the runbook heading `### <alert>`, and the one `runbook_url` names.
-fn runbook_anchor(alert: &str) -> String {
-    alert.to_ascii_lowercase()
 }
 
 #[test]
@@ -240,7 +212,7 @@ fn every_alert_says_how_long_how_bad_and_where_its_runbook_section_is() {
                 .any(|level| rule.body.contains(&format!("severity: {level}\n"))),
             "alert {name} in {RULES} needs a `severity:` label of critical, warning or info"
         );
-        let url = format!("runbook_url: \"{RUNBOOK}#{}\"", runbook_anchor(name));
+        let url = format!("runbook_url: \"{RUNBOOK}#{}\"", heading_anchor(name));
         assert!(
             rule.body.contains(&url),
             "alert {name} in {RULES} should have `{url}`"
@@ -259,11 +231,74 @@ fn every_alert_says_how_long_how_bad_and_where_its_runbook_section_is() {
     }
 }
 
+/// The anchor GitHub gives a Markdown heading: lower case, spaces to `-`, other punctuation dropped.
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of every heading of a Markdown file (outside fenced code blocks).
+fn anchors_of(markdown: &str) -> Vec<String> {
+    let mut in_fence = false;
+    let mut anchors = Vec::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            in_fence = !in_fence;
+        } else if !in_fence && line.starts_with('#') {
+            anchors.push(heading_anchor(line.trim_start_matches('#').trim()));
+        }
+    }
+    anchors
+}
+
+#[test]
+fn the_runbooks_links_lead_to_files_and_headings_that_exist() {
+    let runbook = read(RUNBOOK);
+    let docs = repo_path("docs");
+    let mut broken = Vec::new();
+    for (at, _) in runbook.match_indices("](") {
+        let rest = &runbook[at + 2..];
+        let target = &rest[..rest.find(')').expect("a closed link")];
+        if target.starts_with("http://") || target.starts_with("https://") {
+            continue;
+        }
+        let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+        let path = if file.is_empty() {
+            repo_path(RUNBOOK)
+        } else {
+            docs.join(file)
+        };
+        if !path.exists() {
+            broken.push(format!("{target}: no file {}", path.display()));
+            continue;
+        }
+        if !anchor.is_empty() {
+            let text = std::fs::read_to_string(&path).expect("a readable document");
+            if !anchors_of(&text).iter().any(|known| known == anchor) {
+                broken.push(format!("{target}: no such heading in {}", path.display()));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "{RUNBOOK} has broken links:\n{}",
+        broken.join("\n")
+    );
+}
+
 #[test]
 fn the_rules_use_only_the_metrics_listed_here() {
     let mut used = Vec::new();
     for rule in alert_rules() {
-        for series in sluice_names(&expression(&rule)) {
+        // The expression, and the annotations that send on-call to a metric.
+        for series in sluice_names(&rule.body) {
             let family = family_of(&series).unwrap_or_else(|| {
                 panic!(
                     "alert {} uses {series}, which is not in RULE_METRICS: check that Sluice \
