@@ -679,8 +679,7 @@ async fn ceiling(args: &Args, redis: &fred::clients::Client, inflight: usize) ->
         calls: args.ceiling_calls,
         calls_per_second,
         redis_cpu_us_per_call: (cpu_after - cpu_before) * 1e6 / args.ceiling_calls.max(1) as f64,
-        script_us_per_call: (script_after - script_before) * 1e6
-            / args.ceiling_calls.max(1) as f64,
+        script_us_per_call: (script_after - script_before) * 1e6 / args.ceiling_calls.max(1) as f64,
     }
 }
 

@@ -13,16 +13,27 @@ use std::sync::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
+use prometheus::IntGauge;
+
 use crate::{ratelimit::counter::RedisHealth, telemetry::Metrics};
 
 /// Whether this instance should receive traffic: set once the first policy load succeeded,
-/// cleared when shutdown begins.
+/// cleared when shutdown begins; mirrored into `sluice_ready` when given one.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<AtomicBool>, Option<IntGauge>);
 
 impl Readiness {
+    /// Not ready yet, with `gauge` (`sluice_ready`) following every change.
+    pub fn reporting_to(gauge: IntGauge) -> Self {
+        gauge.set(0);
+        Self(Arc::default(), Some(gauge))
+    }
+
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Release);
+        if let Some(gauge) = &self.1 {
+            gauge.set(i64::from(ready));
+        }
     }
 
     pub fn is_ready(&self) -> bool {

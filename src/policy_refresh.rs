@@ -22,6 +22,7 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
+use prometheus::IntCounter;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::{Mutex, Notify, watch};
 
@@ -83,6 +84,8 @@ pub struct PolicyRefresher {
     read_back: std::sync::Mutex<BTreeSet<PolicyId>>,
     /// Wakes the task when `read_back` gets an id.
     read_back_added: Notify,
+    /// `sluice_policy_reload_errors_total`, once given.
+    errors: Option<IntCounter>,
 }
 
 impl PolicyRefresher {
@@ -94,14 +97,30 @@ impl PolicyRefresher {
             reload: Mutex::new(()),
             read_back: Default::default(),
             read_back_added: Notify::new(),
+            errors: None,
         }
+    }
+
+    /// Counts every failed load (full, or of one changed policy) in `errors`.
+    pub fn count_errors_in(mut self, errors: IntCounter) -> Self {
+        self.errors = Some(errors);
+        self
+    }
+
+    fn count_error<T, E>(&self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_err()
+            && let Some(errors) = &self.errors
+        {
+            errors.inc();
+        }
+        result
     }
 
     /// Loads every enabled policy once; `Ok` means the snapshot is current.
     pub async fn load_once(&self) -> Result<usize, StoreError> {
         let _serial = self.reload.lock().await;
         (self.apply)(SnapshotUpdate::LoadingAll);
-        let policies = self.store.load_enabled().await?;
+        let policies = self.count_error(self.store.load_enabled().await)?;
         let count = policies.len();
         (self.apply)(SnapshotUpdate::LoadedAll(policies));
         release_freed_memory();
@@ -126,7 +145,7 @@ impl PolicyRefresher {
         let change = match self.store.get(&everything, id).await {
             Ok(policy) => PolicyChange::Upserted(policy),
             Err(StoreError::NotFound) => PolicyChange::Removed(id),
-            Err(err) => return Err(err),
+            Err(err) => return self.count_error(Err(err)),
         };
         (self.apply)(SnapshotUpdate::Changed(change));
         Ok(())

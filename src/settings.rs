@@ -237,6 +237,11 @@ pub struct Settings {
     #[arg(long, env = "SLUICE_MEMORY_MAX_KEYS", default_value_t = DEFAULT_MEMORY_MAX_KEYS, value_parser = parse_max_keys, global = true)]
     pub memory_max_keys: usize,
 
+    /// Tenants with their own `sluice_tenant_checks_total` series, the busiest by traffic; every
+    /// other tenant counts under `tenant="other"`. 0 puts every tenant there.
+    #[arg(long, env = "SLUICE_METRICS_TOP_TENANTS", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1_000), global = true)]
+    pub metrics_top_tenants: u16,
+
     /// `text` (default on a terminal) or `json` (default otherwise); levels come from RUST_LOG.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -425,6 +430,7 @@ mod tests {
         assert!(s.redis_url.is_none());
         assert_eq!(s.memory_max_keys, 1_000_000);
         assert_eq!(s.max_policies_per_tenant.get(), 1_000);
+        assert_eq!(s.metrics_top_tenants, 20);
     }
 
     #[test]

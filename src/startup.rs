@@ -76,10 +76,17 @@ pub struct OpenedCounter {
     pub store: CounterStore,
 }
 
+/// Seconds since the Unix epoch, for `sluice_policy_snapshot_timestamp_seconds`.
+fn unix_now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
+}
+
 /// The counter `REDIS_URL` selects: Redis when set, else in-process. A Redis that does not
 /// answer yet does not stop start-up — checks answer per `SLUICE_FAILURE_MODE` until it does —
 /// but a URL, password or certificate Redis refuses does. With Redis, registers
-/// `sluice_redis_up` in `metrics`.
+/// `sluice_redis_up` and the script-call series in `metrics`.
 pub async fn open_counter(
     settings: &Settings,
     metrics: &Metrics,
@@ -113,6 +120,7 @@ pub async fn open_counter(
     })?;
     // A command fred still holds after our deadline must not be sent later and counted.
     counter.set_command_timeout(settings.redis_timeout());
+    counter.report_calls_to(metrics.register_redis_calls());
     let health = counter.health();
     health.report_to(metrics.register_redis_up());
     match first {
@@ -350,7 +358,7 @@ impl Application {
         let store: Arc<dyn PolicyStore> =
             Arc::new(DeadlineStore::new(opened.store, STORE_CALL_TIMEOUT));
         let page_tokens = PageTokenCodec::new(&page_token_key(store.as_ref()).await?);
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_top_tenants(usize::from(settings.metrics_top_tenants));
         let counters = open_counter(&settings, &metrics).await?;
         let snapshot = Arc::new(SharedSnapshot::new());
         let rate_limiter = RateLimiter::new(
@@ -368,17 +376,25 @@ impl Application {
             metrics.clone(),
         );
         let policies_gauge = metrics.policies.clone();
+        let snapshot_timestamp = metrics.policy_snapshot_timestamp.clone();
         let apply: crate::policy_refresh::ApplyPolicies = Arc::new(move |update| {
             use crate::policy_refresh::{PolicyChange, SnapshotUpdate};
             let count = match update {
                 SnapshotUpdate::LoadingAll => return snapshot.begin_full_load(),
-                SnapshotUpdate::LoadedAll(policies) => snapshot.finish_full_load(policies),
+                SnapshotUpdate::LoadedAll(policies) => {
+                    let count = snapshot.finish_full_load(policies);
+                    snapshot_timestamp.set(unix_now_seconds());
+                    count
+                }
                 SnapshotUpdate::Changed(PolicyChange::Upserted(policy)) => snapshot.upsert(policy),
                 SnapshotUpdate::Changed(PolicyChange::Removed(id)) => snapshot.remove(id),
             };
             policies_gauge.set(count as i64);
         });
-        let refresher = Arc::new(PolicyRefresher::new(store.clone(), opened.listen, apply));
+        let refresher = Arc::new(
+            PolicyRefresher::new(store.clone(), opened.listen, apply)
+                .count_errors_in(metrics.policy_reload_errors.clone()),
+        );
         let local_refresh = refresher.clone();
         let on_change: PolicyChangeHook =
             Arc::new(move |change| local_refresh.apply_own_change(change));
@@ -398,8 +414,8 @@ impl Application {
             admin,
             rate_limiter,
             verifier,
+            readiness: Readiness::reporting_to(metrics.ready.clone()),
             metrics,
-            readiness: Readiness::default(),
             counter_store: counters.store,
             refresher,
             shutdown_grace: settings.shutdown_grace(),

@@ -20,9 +20,11 @@ use opentelemetry_sdk::{
     trace::span_processor_with_async_runtime::BatchSpanProcessor,
 };
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+
+pub use crate::top_tenants::{DEFAULT_TOP_TENANTS, TenantSeries, TopTenants};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
@@ -170,11 +172,37 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     /// `sluice_circuit_open`: 1 while the breaker answers without Redis.
     pub circuit_open: IntGauge,
+    /// `sluice_circuit_transitions_total{to}`: the breaker opening, letting a probe through
+    /// (`half_open`) and closing again.
+    pub circuit_transitions: IntCounterVec,
     /// `sluice_policies`: enabled policies in this instance's snapshot.
     pub policies: IntGauge,
+    /// `sluice_policy_snapshot_timestamp_seconds`: Unix time of the last full policy load that
+    /// succeeded (every 30 s while the store answers); 0 before the first.
+    pub policy_snapshot_timestamp: Gauge,
+    /// `sluice_policy_reload_errors_total`: policy loads (full or of one changed policy) that
+    /// failed; the last snapshot kept serving.
+    pub policy_reload_errors: IntCounter,
+    /// `sluice_ready`: 1 while this instance is ready for traffic (`/readyz` 200, health SERVING).
+    pub ready: IntGauge,
+    /// `sluice_redis_call_duration_seconds` and `sluice_redis_batch_requests`: one observation
+    /// per script call. Registered only with Redis ([`Metrics::register_redis_calls`]).
+    redis_calls: Arc<OnceLock<RedisCallSeries>>,
+    /// `sluice_tenant_checks_total{tenant, decision}` for the top tenants by traffic.
+    pub tenants: Arc<TopTenants>,
     /// `sluice_grpc_requests_total{method, code}` and `sluice_grpc_request_duration_seconds{method}`.
     grpc: Arc<GrpcSeries>,
 }
+
+/// The series of Redis script calls: how long each took, and how many requests it decided.
+#[derive(Clone)]
+pub struct RedisCallSeries {
+    pub duration: Histogram,
+    pub batch_requests: Histogram,
+}
+
+/// Buckets of `sluice_redis_batch_requests`: 1 up to the most a call may carry (256).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Why the counter step gave no decision: the `reason` label of
 /// `sluice_checks_total{decision="fail_open"}` and the `reason` field of the warning log. A fixed
@@ -324,7 +352,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every series, with [`DEFAULT_TOP_TENANTS`] tenants of their own.
     pub fn new() -> Self {
+        Self::with_top_tenants(DEFAULT_TOP_TENANTS)
+    }
+
+    /// Every series, with `top_tenants` tenants (by traffic) of their own in
+    /// `sluice_tenant_checks_total` (`SLUICE_METRICS_TOP_TENANTS`).
+    pub fn with_top_tenants(top_tenants: usize) -> Self {
         let registry = Registry::new();
         let checks_opts = Opts::new(
             "sluice_checks_total",
@@ -356,6 +391,30 @@ impl Metrics {
             "Enabled policies in the in-memory snapshot",
         )
         .expect("valid metric");
+        let circuit_transitions = IntCounterVec::new(
+            Opts::new(
+                "sluice_circuit_transitions_total",
+                "Circuit breaker state changes: to=open, half_open (a probe let through), closed",
+            ),
+            &["to"],
+        )
+        .expect("valid metric");
+        let policy_snapshot_timestamp = Gauge::new(
+            "sluice_policy_snapshot_timestamp_seconds",
+            "Unix time of the last successful full policy load (0 before the first)",
+        )
+        .expect("valid metric");
+        let policy_reload_errors = IntCounter::new(
+            "sluice_policy_reload_errors_total",
+            "Policy loads that failed; the last snapshot kept serving",
+        )
+        .expect("valid metric");
+        let ready = IntGauge::new(
+            "sluice_ready",
+            "1 while this instance is ready for traffic (/readyz 200, gRPC health SERVING)",
+        )
+        .expect("valid metric");
+        let tenants = TopTenants::new(top_tenants);
         let grpc_requests = IntCounterVec::new(
             Opts::new(
                 "sluice_grpc_requests_total",
@@ -381,7 +440,12 @@ impl Metrics {
             Box::new(check_duration.clone()),
             Box::new(redis_errors.clone()),
             Box::new(circuit_open.clone()),
+            Box::new(circuit_transitions.clone()),
             Box::new(policies.clone()),
+            Box::new(policy_snapshot_timestamp.clone()),
+            Box::new(policy_reload_errors.clone()),
+            Box::new(ready.clone()),
+            Box::new(tenants.counter().clone()),
             Box::new(grpc_requests.clone()),
             Box::new(grpc_duration.clone()),
         ] {
@@ -399,10 +463,51 @@ impl Metrics {
             check_duration,
             redis_errors,
             circuit_open,
+            circuit_transitions,
             policies,
+            policy_snapshot_timestamp,
+            policy_reload_errors,
+            ready,
+            redis_calls: Arc::new(OnceLock::new()),
+            tenants: Arc::new(tenants),
             grpc: Arc::new(GrpcSeries::new(grpc_requests, grpc_duration)),
             registry,
         }
+    }
+
+    /// Registers `sluice_redis_call_duration_seconds` and `sluice_redis_batch_requests` (only an
+    /// instance counting in Redis has them) and returns their handles; a second call returns the
+    /// same ones.
+    pub fn register_redis_calls(&self) -> RedisCallSeries {
+        self.redis_calls
+            .get_or_init(|| {
+                let duration = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sluice_redis_call_duration_seconds",
+                        "Time from sending one sliding-window script call to its answer",
+                    )
+                    .buckets(CHECK_BUCKETS.to_vec()),
+                )
+                .expect("valid metric");
+                let batch_requests = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sluice_redis_batch_requests",
+                        "Requests decided by one script call (group commit)",
+                    )
+                    .buckets(BATCH_BUCKETS.to_vec()),
+                )
+                .expect("valid metric");
+                for collector in [duration.clone(), batch_requests.clone()] {
+                    if let Err(err) = self.registry.register(Box::new(collector)) {
+                        tracing::warn!(error = %err, "Redis call series registered twice");
+                    }
+                }
+                RedisCallSeries {
+                    duration,
+                    batch_requests,
+                }
+            })
+            .clone()
     }
 
     /// `sluice_checks_total{decision="fail_open",reason}` for `reason`.

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 /// Consecutive failures that open the breaker.
 pub const FAILURES_TO_OPEN: u32 = 5;
@@ -54,6 +54,10 @@ pub struct CircuitBreaker {
     /// The last probe id handed out.
     last_probe_id: AtomicU64,
     gauge: IntGauge,
+    /// `sluice_circuit_transitions_total{to}`: opened, a probe let through, closed.
+    opened: IntCounter,
+    half_opened: IntCounter,
+    closed: IntCounter,
     /// Script calls whose failure was already counted.
     recent_failed_calls: RecentCalls,
 }
@@ -82,9 +86,14 @@ impl RecentCalls {
 }
 
 impl CircuitBreaker {
-    pub fn new(gauge: IntGauge) -> Self {
+    /// A closed breaker that mirrors its state into `gauge` and counts its state changes in
+    /// `transitions` (label `to`: `open`, `half_open`, `closed`).
+    pub fn new(gauge: IntGauge, transitions: &IntCounterVec) -> Self {
         gauge.set(0);
         Self {
+            opened: transitions.with_label_values(&["open"]),
+            half_opened: transitions.with_label_values(&["half_open"]),
+            closed: transitions.with_label_values(&["closed"]),
             started: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
@@ -119,7 +128,10 @@ impl CircuitBreaker {
             .probe
             .compare_exchange(NO_PROBE, id, Ordering::AcqRel, Ordering::Relaxed)
         {
-            Ok(_) => Admission::Probe(ProbeSlot { breaker: self, id }),
+            Ok(_) => {
+                self.half_opened.inc();
+                Admission::Probe(ProbeSlot { breaker: self, id })
+            }
             Err(_) => Admission::Reject,
         }
     }
@@ -128,6 +140,7 @@ impl CircuitBreaker {
     /// breaker has closed.
     pub fn record_success(&self, probe: Option<ProbeSlot<'_>>) {
         if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
+            self.closed.inc();
             tracing::info!("counter store answered again: circuit breaker closed");
         }
         self.gauge.set(0);
@@ -162,6 +175,7 @@ impl CircuitBreaker {
         }
         if failures >= FAILURES_TO_OPEN {
             if failures == FAILURES_TO_OPEN {
+                self.opened.inc();
                 tracing::warn!(
                     failures,
                     "counter store keeps failing: circuit breaker open, answering without it"
@@ -234,10 +248,15 @@ impl RateLimitedWarning {
 
 #[cfg(test)]
 mod tests {
+    use prometheus::Opts;
+
     use super::*;
 
     fn breaker() -> CircuitBreaker {
-        CircuitBreaker::new(IntGauge::new("test_circuit_open", "test").unwrap())
+        CircuitBreaker::new(
+            IntGauge::new("test_circuit_open", "test").unwrap(),
+            &IntCounterVec::new(Opts::new("test_transitions", "test"), &["to"]).unwrap(),
+        )
     }
 
     fn open(b: &CircuitBreaker) {
@@ -284,6 +303,11 @@ mod tests {
         b.record_success(Some(probe));
         assert!(is_call(&b.admit()));
         assert_eq!(b.gauge.get(), 0);
+        assert_eq!(
+            [b.opened.get(), b.half_opened.get(), b.closed.get()],
+            [1, 1, 1],
+            "one transition each: open, half_open (the probe), closed"
+        );
     }
 
     #[test]

@@ -43,7 +43,8 @@ use crate::{
         r#type::v3::RateLimitUnit,
     },
     settings::FailureMode,
-    telemetry::{FailureReason, Metrics, error_chain},
+    telemetry::{FailureReason, Metrics, TenantSeries, error_chain},
+    top_tenants::TenantLookup,
 };
 
 /// `ErrorInfo.reason` of a request whose shape Envoy's configuration got wrong (SPEC §3).
@@ -79,7 +80,10 @@ impl RateLimiter {
         metrics: Metrics,
     ) -> Self {
         Self {
-            breaker: CircuitBreaker::new(metrics.circuit_open.clone()),
+            breaker: CircuitBreaker::new(
+                metrics.circuit_open.clone(),
+                &metrics.circuit_transitions,
+            ),
             snapshot,
             counter,
             keys: config.keys,
@@ -316,6 +320,42 @@ fn unmatched_status() -> DescriptorStatus {
     }
 }
 
+/// The `sluice_tenant_checks_total` series of a request's descriptors: one snapshot of the
+/// labelled tenants per request, each tenant tallied as one request of traffic.
+struct TenantOfDescriptors<'m, 'a> {
+    lookup: TenantLookup<'m>,
+    last: Option<Cow<'a, str>>,
+}
+
+impl<'m, 'a> TenantOfDescriptors<'m, 'a> {
+    fn new(metrics: &'m Metrics) -> Self {
+        Self {
+            lookup: metrics.tenants.lookup(),
+            last: None,
+        }
+    }
+
+    fn series(
+        &mut self,
+        descriptor: &ParsedDescriptor<'a>,
+        plan: Option<&Plan<'a>>,
+    ) -> &TenantSeries {
+        // As written in counter keys: valid tenant ids as they are, anything else hashed, so a
+        // label value is never longer than a tenant id.
+        let tenant = match plan {
+            Some(plan) => plan.counter_tenant.clone(),
+            None => keys::counter_tenant(descriptor.tenant, descriptor.tenant_text),
+        };
+        // A run of descriptors of one tenant is one request of traffic.
+        let new_tenant = self.last.as_ref() != Some(&tenant);
+        let series = self.lookup.series(&tenant, new_tenant);
+        if new_tenant {
+            self.last = Some(tenant);
+        }
+        series
+    }
+}
+
 /// Each descriptor's verdict as the stages of [`RateLimiter::decide`] fill it in.
 struct Verdicts {
     /// One per descriptor, in request order; `None` while undecided (and for good when the
@@ -342,7 +382,7 @@ impl RateLimiter {
         let mut verdicts = self.deny_up_front(&plans, generation, sent);
         self.counter_step(&plans, &mut verdicts, generation, sent)
             .await?;
-        Ok(self.respond(&plans, verdicts))
+        Ok(self.respond(&descriptors, &plans, verdicts))
     }
 
     /// Denials known before anything is counted: the over-limit cache, and an enforcing
@@ -406,15 +446,23 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// One status per descriptor, in order, with the decision metrics; `overall_code` is
-    /// OVER_LIMIT when any enforcing descriptor is over, else OK (never UNKNOWN).
-    fn respond(&self, plans: &[Option<Plan<'_>>], verdicts: Verdicts) -> RateLimitResponse {
+    /// One status per descriptor, in order, with the decision metrics (in total and per tenant);
+    /// `overall_code` is OVER_LIMIT when any enforcing descriptor is over, else OK (never UNKNOWN).
+    fn respond(
+        &self,
+        descriptors: &[ParsedDescriptor<'_>],
+        plans: &[Option<Plan<'_>>],
+        verdicts: Verdicts,
+    ) -> RateLimitResponse {
         let mut statuses = Vec::with_capacity(plans.len());
         let mut over_limit = false;
-        for (plan, verdict) in plans.iter().zip(verdicts.of) {
+        let mut tenant = TenantOfDescriptors::new(&self.metrics);
+        for ((descriptor, plan), verdict) in descriptors.iter().zip(plans).zip(verdicts.of) {
+            let series = tenant.series(descriptor, plan.as_ref());
             let status = match (plan, verdict) {
                 (None, _) => {
                     self.metrics.checks_unmatched.inc();
+                    series.unmatched.inc();
                     unmatched_status()
                 }
                 (Some(_), None) => {
@@ -424,13 +472,14 @@ impl RateLimiter {
                         && !verdicts.denied_up_front
                     {
                         self.metrics.checks_fail_open(reason).inc();
+                        series.fail_open.inc();
                     }
                     unmatched_status()
                 }
                 (Some(plan), Some(verdict)) => {
                     let denied = !verdict.allowed && !plan.shadow;
                     over_limit |= denied;
-                    self.record_decision(plan, &verdict);
+                    self.record_decision(plan, &verdict, series);
                     matched_status(plan, &verdict, denied)
                 }
             };
@@ -447,12 +496,19 @@ impl RateLimiter {
         }
     }
 
-    fn record_decision(&self, plan: &Plan<'_>, verdict: &CounterVerdict) {
+    fn record_decision(&self, plan: &Plan<'_>, verdict: &CounterVerdict, series: &TenantSeries) {
         match (verdict.allowed, plan.shadow) {
-            (true, _) => self.metrics.checks_allowed.inc(),
-            (false, false) => self.metrics.checks_denied.inc(),
+            (true, _) => {
+                self.metrics.checks_allowed.inc();
+                series.allowed.inc();
+            }
+            (false, false) => {
+                self.metrics.checks_denied.inc();
+                series.denied.inc();
+            }
             (false, true) => {
                 self.metrics.checks_shadow_denied.inc();
+                series.shadow_denied.inc();
                 self.shadow_notice.warn(|suppressed| {
                     tracing::info!(
                         tenant = %plan.counter_tenant,

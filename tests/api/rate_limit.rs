@@ -1392,3 +1392,86 @@ async fn descriptor_entry_keys_are_configurable_end_to_end() {
         );
     }
 }
+
+/// What on-call reads on `/metrics` after some traffic: decisions per tenant for the first
+/// `SLUICE_METRICS_TOP_TENANTS` tenants (the rest under `other`), readiness, the policy snapshot's
+/// age and the Redis script calls.
+#[tokio::test]
+async fn metrics_say_which_tenants_are_limited_and_how_redis_calls_go() {
+    let with_redis = with_redis(support::unique_redis_prefix()).await;
+    let app = spawn_app_with(move |s| {
+        with_redis(s);
+        s.metrics_top_tenants = 2;
+    })
+    .await;
+    let tenants = [
+        unique_tenant("first"),
+        unique_tenant("second"),
+        unique_tenant("third"),
+    ];
+    for tenant in &tenants {
+        policy(&app, new_policy(tenant, "GET /v1/**", 1)).await;
+    }
+    // A change made through this instance applies at once: one allowed and one denied each.
+    for tenant in &tenants {
+        assert_eq!(
+            code(&check(&app, call(tenant, "GET", "/v1/a")).await),
+            Code::Ok
+        );
+        assert_eq!(
+            code(&check(&app, call(tenant, "GET", "/v1/a")).await),
+            Code::OverLimit
+        );
+    }
+
+    let metrics = http_get(app.http_addr, "/metrics").await.unwrap().body;
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    for tenant in &tenants[..2] {
+        for decision in ["allowed", "denied"] {
+            assert_eq!(
+                value(&format!(
+                    "sluice_tenant_checks_total{{decision=\"{decision}\",tenant=\"{tenant}\"}}"
+                )),
+                1.0,
+                "{tenant} {decision}"
+            );
+        }
+    }
+    assert!(
+        !metrics.contains(tenants[2].as_str()),
+        "the third tenant has no series of its own:\n{metrics}"
+    );
+    assert!(value("sluice_tenant_checks_total{decision=\"allowed\",tenant=\"other\"}") >= 1.0);
+    assert!(value("sluice_tenant_checks_total{decision=\"denied\",tenant=\"other\"}") >= 1.0);
+    let labelled: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_tenant_checks_total{"))
+        .filter_map(|l| l.split("tenant=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(labelled.len() <= 3, "two tenants and other: {labelled:?}");
+
+    assert_eq!(value("sluice_ready"), 1.0);
+    let loaded = value("sluice_policy_snapshot_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 120.0..=now + 1.0).contains(&loaded),
+        "the snapshot loaded {}s ago",
+        now - loaded
+    );
+    assert_eq!(value("sluice_policy_reload_errors_total"), 0.0);
+    assert!(value("sluice_redis_call_duration_seconds_count") >= 3.0);
+    assert!(value("sluice_redis_batch_requests_count") >= 3.0);
+    assert!(
+        value("sluice_redis_batch_requests_sum") >= value("sluice_redis_batch_requests_count"),
+        "every call decided at least one request"
+    );
+}

@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use fred::error::Error;
@@ -36,6 +36,8 @@ use fred::types::Value;
 use fred::types::scripts::Script;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+use crate::telemetry::RedisCallSeries;
 
 use super::{
     CounterError, CounterVerdict,
@@ -165,6 +167,8 @@ pub(super) struct GroupCommit {
     max_in_flight: usize,
     /// The last call number handed out; numbers start above [`Claim::ABANDONED`].
     last_call: AtomicU64,
+    /// Where each call's duration and size are observed, once given.
+    calls: OnceLock<RedisCallSeries>,
 }
 
 impl GroupCommit {
@@ -179,7 +183,13 @@ impl GroupCommit {
             clustered,
             queues: (0..queues).map(|_| SlotQueue::default()).collect(),
             last_call: AtomicU64::new(Claim::ABANDONED),
+            calls: OnceLock::new(),
         }
+    }
+
+    pub(super) fn report_calls_to(&self, series: RedisCallSeries) {
+        // The first series given stays; a second call changes nothing.
+        let _ = self.calls.set(series);
     }
 
     /// The hash slot of a call whose first key is `key` (every key of one tenant shares it); 0 on
@@ -286,11 +296,18 @@ impl GroupCommit {
         };
         let mut plan = Plan::new(batch.iter().map(|request| &request.checks));
         let (keys, args) = plan.take_call();
+        let sent = Instant::now();
         let reply: Result<Vec<Value>, Error> = self
             .script
             .evalsha_with_reload(self.pool.next_connected(), keys, args)
             .await;
         let received = Instant::now();
+        if let Some(series) = self.calls.get() {
+            series
+                .duration
+                .observe(received.duration_since(sent).as_secs_f64());
+            series.batch_requests.observe(batch.len() as f64);
+        }
         let outcomes = match reply {
             Ok(reply) => plan.outcomes(&reply),
             Err(err) => Err(classify(err)),
@@ -398,7 +415,10 @@ mod tests {
     fn a_further_call_starts_only_for_a_full_batch_or_a_stalled_queue() {
         let now = Instant::now();
         let mut state = QueueState::default();
-        assert!(state.may_start_call(4, now), "nothing in flight: go at once");
+        assert!(
+            state.may_start_call(4, now),
+            "nothing in flight: go at once"
+        );
         state.in_flight = 1;
         for _ in 0..MAX_BATCH_REQUESTS - 1 {
             state.waiting.push_back(queued(&["k"], 0).0);

@@ -238,6 +238,13 @@ impl RedisCounter {
         Arc::clone(&self.health)
     }
 
+    /// Observes every script call from now on in `series`: its duration, and how many requests it
+    /// decided (`sluice_redis_call_duration_seconds`, `sluice_redis_batch_requests`). The first
+    /// series given stays.
+    pub fn report_calls_to(&self, series: crate::telemetry::RedisCallSeries) {
+        self.group.report_calls_to(series);
+    }
+
     /// Sets how long one call may wait for Redis before failing with [`CounterError::Timeout`]
     /// (see [`DEFAULT_COMMAND_TIMEOUT`]). A call still queued when its timeout passes — Redis
     /// down or slow — is dropped, never sent later, so a request already answered by the
