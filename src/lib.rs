@@ -53,6 +53,7 @@ pub mod admin;
 pub mod domain;
 pub mod grpc_codec;
 pub mod http;
+pub mod otlp_metrics;
 pub mod policy_refresh;
 pub mod proto;
 pub mod ratelimit;

@@ -489,6 +489,18 @@ impl Application {
             }
             refresher.run(stop_rx).await;
         });
+        // OTLP metrics, when the standard variables ask for them: the same series as /metrics.
+        let otlp_metrics = crate::otlp_metrics::OtlpMetricsConfig::from_env(|name| {
+            std::env::var(name).ok()
+        })
+        .map(|config| {
+            tracing::info!(endpoint = %config.endpoint, interval_ms = config.interval.as_millis() as u64, "metrics: also exported over OTLP");
+            tokio::spawn(crate::otlp_metrics::run(
+                config,
+                self.metrics.clone(),
+                stop_tx.subscribe(),
+            ))
+        });
 
         // The shutdown sequence: first tell load balancers, then stop the servers.
         let (servers_stop_tx, servers_stop_rx) = watch::channel(false);
@@ -555,6 +567,17 @@ impl Application {
         };
         let _ = stop_tx.send(true);
         let _ = refresh_task.await;
+        if let Some(export) = otlp_metrics {
+            // One last export of the final values, but shutdown never waits long on a collector.
+            if tokio::time::timeout(FINAL_EXPORT_WAIT, export)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the last OTLP metrics export did not finish in time; exiting without it"
+                );
+            }
+        }
         grpc_result
             .map_err(|err| StartupError::Serve(format!("gRPC server: {}", error_chain(&err))))?;
         http_result.map_err(|err| StartupError::Serve(format!("HTTP server: {err}")))?;
@@ -562,6 +585,9 @@ impl Application {
         Ok(())
     }
 }
+
+/// How long shutdown waits for the last OTLP metrics export.
+const FINAL_EXPORT_WAIT: Duration = Duration::from_secs(2);
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {

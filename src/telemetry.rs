@@ -26,8 +26,11 @@ use prometheus::{
 
 pub use crate::top_tenants::{DEFAULT_TOP_TENANTS, TenantSeries, TopTenants};
 use tracing::Instrument;
+use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter::Targets, fmt, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 use crate::settings::LogFormat;
 
@@ -106,14 +109,23 @@ pub fn init_tracing(format: Option<LogFormat>) -> Result<TelemetryGuard, String>
     } else {
         None
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("sluice")));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // Each layer has its own filter: RUST_LOG governs the logs only, so a production `warn`
+    // still exports every RPC span (sampling is OTEL_TRACES_SAMPLER's business).
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("sluice"))
+            .with_filter(Targets::new().with_target("sluice", Level::INFO))
+    });
+    let log_filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(otel_layer);
     let result = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter()),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -122,7 +134,8 @@ pub fn init_tracing(format: Option<LogFormat>) -> Result<TelemetryGuard, String>
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter()),
             )
             .try_init(),
     };
@@ -133,6 +146,12 @@ pub fn init_tracing(format: Option<LogFormat>) -> Result<TelemetryGuard, String>
         tracing::info!("traces: exported over OTLP");
     }
     Ok(TelemetryGuard { provider })
+}
+
+/// Whether RPC spans are exported (OTLP on), so the hot path records its span fields
+/// (`sluice.tenant`, `sluice.policy`, `sluice.decision`) only then.
+pub fn rpc_spans_exported() -> bool {
+    RPC_SPANS.load(Ordering::Relaxed)
 }
 
 /// Reads W3C trace-context headers (`traceparent`, `tracestate`) from gRPC request metadata.
@@ -531,6 +550,11 @@ impl Metrics {
         gauge
     }
 
+    /// Every series as gathered from the registry (for OTLP export).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         TextEncoder::new()
@@ -606,6 +630,9 @@ where
                 rpc.system = "grpc",
                 rpc.method = method.as_str(),
                 rpc.grpc.status_code = tracing::field::Empty,
+                sluice.tenant = tracing::field::Empty,
+                sluice.policy = tracing::field::Empty,
+                sluice.decision = tracing::field::Empty,
             );
             let _ = span.set_parent(parent);
             span

@@ -1,6 +1,8 @@
-//! Traces over OTLP: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, the real `sluice` binary exports a
-//! span per RPC to a collector (a real OTLP/gRPC `TraceService` this test serves), as a child of
-//! the W3C trace context the caller sent in its gRPC metadata.
+//! Traces and metrics over OTLP: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, the real `sluice` binary
+//! exports a span per RPC to a collector (a real OTLP/gRPC `TraceService` and `MetricsService`
+//! this test serves), as a child of the W3C trace context the caller sent in its gRPC metadata,
+//! even with `RUST_LOG=warn` (the log level governs logs only), and the same series as
+//! `/metrics`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -10,9 +12,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::{
+    collector::{
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
+    },
+    metrics::v1::{metric, number_data_point},
 };
 use sluice::proto::envoy::{
     extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor::Entry},
@@ -34,6 +45,20 @@ impl TraceService for Collector {
     }
 }
 
+/// Collects every metrics export it receives.
+struct MetricsCollector(mpsc::UnboundedSender<ExportMetricsServiceRequest>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricsCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
 
@@ -47,16 +72,18 @@ async fn rpc_spans_reach_the_collector_under_the_callers_trace() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_addr = listener.local_addr().unwrap();
     let (spans_tx, mut spans_rx) = mpsc::unbounded_channel();
+    let (metrics_tx, mut metrics_rx) = mpsc::unbounded_channel();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(Collector(spans_tx)))
+            .add_service(MetricsServiceServer::new(MetricsCollector(metrics_tx)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
 
     // Sluice on its embedded default, exporting to it.
     let dir = tempfile::tempdir().unwrap();
     let (grpc_port, http_port) = (support::free_port(), support::free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .current_dir(dir.path())
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
@@ -67,10 +94,15 @@ async fn rpc_spans_reach_the_collector_under_the_callers_trace() {
             format!("http://{collector_addr}"),
         )
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+        // A usual production level: it must silence logs, not the exported spans.
+        .env("RUST_LOG", "warn")
         .env("OTEL_SERVICE_NAME", "sluice-under-test")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Stopped (SIGTERM, then SIGKILL) however the test ends, failing assertions included.
+    let _child = StopOnDrop(child);
     let started = Instant::now();
     let channel = loop {
         if let Ok(channel) =
@@ -152,8 +184,84 @@ async fn rpc_spans_reach_the_collector_under_the_callers_trace() {
         span.attributes
     );
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    let attribute = |key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| format!("{:?}", kv.value))
+            .unwrap_or_default()
+    };
+    assert!(
+        attribute("sluice.decision").contains("unmatched"),
+        "{:?}",
+        span.attributes
+    );
+    assert!(
+        attribute("sluice.tenant").contains("anonymous"),
+        "{:?}",
+        span.attributes
+    );
+
+    // The metrics arrive too: the same series as /metrics, counting that one unmatched check.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let export = tokio::time::timeout(remaining, metrics_rx.recv())
+            .await
+            .expect("no metrics export counted the check within 10 s")
+            .expect("collector running");
+        let resource = &export.resource_metrics[0];
+        let service = format!("{:?}", resource.resource);
+        assert!(service.contains("sluice-under-test"), "{service}");
+        let metrics: Vec<_> = resource
+            .scope_metrics
+            .iter()
+            .flat_map(|scope| &scope.metrics)
+            .collect();
+        let unmatched = metrics
+            .iter()
+            .filter(|m| m.name == "sluice_checks_total")
+            .filter_map(|m| match &m.data {
+                Some(metric::Data::Sum(sum)) => Some(sum),
+                _ => None,
+            })
+            .flat_map(|sum| &sum.data_points)
+            .filter(|p| format!("{:?}", p.attributes).contains("unmatched"))
+            .find_map(|p| match p.value {
+                Some(number_data_point::Value::AsDouble(v)) => Some(v),
+                _ => None,
+            });
+        if unmatched == Some(1.0) {
+            let histogram = metrics
+                .iter()
+                .find(|m| m.name == "sluice_check_duration_seconds")
+                .expect("the check latency histogram is exported");
+            let Some(metric::Data::Histogram(histogram)) = &histogram.data else {
+                panic!("sluice_check_duration_seconds is a histogram: {histogram:?}");
+            };
+            assert_eq!(histogram.data_points[0].count, 1);
+            assert!(metrics.iter().any(|m| m.name == "sluice_ready"));
+            break;
+        }
+    }
+}
+
+/// Owns the sluice process: a test that fails must not leave it running.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

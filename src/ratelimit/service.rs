@@ -43,7 +43,7 @@ use crate::{
         r#type::v3::RateLimitUnit,
     },
     settings::FailureMode,
-    telemetry::{FailureReason, Metrics, TenantSeries, error_chain},
+    telemetry::{self, FailureReason, Metrics, TenantSeries, error_chain},
     top_tenants::TenantLookup,
 };
 
@@ -356,6 +356,43 @@ impl<'m, 'a> TenantOfDescriptors<'m, 'a> {
     }
 }
 
+/// The RPC span's `sluice.tenant` (the request's tenants), `sluice.policy` (the policies that
+/// matched) and `sluice.decision` (`over_limit`, `fail_open`, `unmatched` or `ok`), so a trace
+/// says who was limited and by what. Only while spans are exported.
+fn record_on_span(
+    descriptors: &[ParsedDescriptor<'_>],
+    plans: &[Option<Plan<'_>>],
+    failed_open: bool,
+    response: &RateLimitResponse,
+) {
+    let mut tenants: Vec<Cow<'_, str>> = Vec::new();
+    for descriptor in descriptors {
+        let tenant = keys::counter_tenant(descriptor.tenant, descriptor.tenant_text);
+        if !tenants.contains(&tenant) {
+            tenants.push(tenant);
+        }
+    }
+    let mut policies: Vec<&str> = Vec::new();
+    for plan in plans.iter().flatten() {
+        if !plan.name.is_empty() && !policies.contains(&plan.name) {
+            policies.push(plan.name);
+        }
+    }
+    let decision = if response.overall_code == Code::OverLimit as i32 {
+        "over_limit"
+    } else if failed_open {
+        "fail_open"
+    } else if plans.iter().all(Option::is_none) {
+        "unmatched"
+    } else {
+        "ok"
+    };
+    let span = tracing::Span::current();
+    span.record("sluice.tenant", tenants.join(",").as_str());
+    span.record("sluice.policy", policies.join(",").as_str());
+    span.record("sluice.decision", decision);
+}
+
 /// Each descriptor's verdict as the stages of [`RateLimiter::decide`] fill it in.
 struct Verdicts {
     /// One per descriptor, in request order; `None` while undecided (and for good when the
@@ -382,7 +419,12 @@ impl RateLimiter {
         let mut verdicts = self.deny_up_front(&plans, generation, sent);
         self.counter_step(&plans, &mut verdicts, generation, sent)
             .await?;
-        Ok(self.respond(&descriptors, &plans, verdicts))
+        let failed_open = verdicts.failed_open.is_some() && !verdicts.denied_up_front;
+        let response = self.respond(&descriptors, &plans, verdicts);
+        if telemetry::rpc_spans_exported() {
+            record_on_span(&descriptors, &plans, failed_open, &response);
+        }
+        Ok(response)
     }
 
     /// Denials known before anything is counted: the over-limit cache, and an enforcing
