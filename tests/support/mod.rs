@@ -1,6 +1,6 @@
 //! Shared fixtures for every integration-test binary: the PostgreSQL and Redis servers the suite talks
 //! to, a fresh database or key prefix per test, a Redis server a test may freeze or kill, and the real
-//! tools (grpcurl, Envoy, promtool) it drives.
+//! tools (grpcurl, Envoy, promtool, a Prometheus server) it drives.
 //!
 //! Each binary includes this with `mod support;`. Servers a binary starts itself are shared by all of
 //! its tests and die with the test process. Environment:
@@ -11,13 +11,16 @@
 //! | `SLUICE_TEST_REDIS_URL` | URL of a Redis server to use instead of starting one |
 //! | `SLUICE_TEST_GRPCURL`, `SLUICE_TEST_ENVOY` | paths of the grpcurl and envoy binaries |
 //! | `SLUICE_TEST_PROMTOOL` | path of promtool (else `PATH`) |
+//! | `SLUICE_TEST_PROMETHEUS` | path of the Prometheus server (else `PATH`) |
 //!
 //! Layout: `postgres` (admin URL, [`TestDatabase`]), `redis` (shared URL, prefixes, [`OwnedRedis`]),
-//! `tools` (grpcurl, envoy, promtool), `process` (ports, signals, servers tied to the test process).
+//! `tools` (grpcurl, envoy, promtool, prometheus), `prometheus_server` ([`PrometheusServer`], a real
+//! server scraping one target), `process` (ports, signals, servers tied to the test process).
 #![allow(dead_code, unused_imports)]
 
 mod postgres;
 mod process;
+mod prometheus_server;
 mod redis;
 mod tools;
 
@@ -25,5 +28,6 @@ pub use postgres::{
     PrivatePostgres, TestDatabase, fresh_database, postgres_admin_url, start_private_postgres,
 };
 pub use process::{free_port, readyz_is_ok};
+pub use prometheus_server::{PrometheusServer, Sample};
 pub use redis::{OwnedRedis, OwnedRedisCluster, redis_ping, redis_url, unique_redis_prefix};
-pub use tools::{envoy_path, grpcurl_path, promtool_path};
+pub use tools::{envoy_path, grpcurl_path, prometheus_path, promtool_path};

@@ -1,5 +1,6 @@
-//! The real programs the suite drives: grpcurl (admin API, reflection), Envoy (RLS wire format) and
-//! promtool (the Prometheus alert rules in `deploy/prometheus`).
+//! The real programs the suite drives: grpcurl (admin API, reflection), Envoy (RLS wire format),
+//! promtool (the Prometheus alert rules in `deploy/prometheus`) and the Prometheus server (the
+//! Grafana dashboard's queries in `deploy/grafana`).
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,29 @@ pub fn promtool_path() -> PathBuf {
             "promtool not found: run `bash .ci/run` (it installs Debian's `prometheus` package, which \
              ships promtool), or `apt-get install --no-install-recommends prometheus`, or set \
              SLUICE_TEST_PROMTOOL to its path"
+        )
+    })
+}
+
+/// Path of the Prometheus server (Debian's `prometheus` package ships it): `$SLUICE_TEST_PROMETHEUS`,
+/// else `PATH`.
+///
+/// Panics naming the install step when there is none: the dashboard test never passes by skipping.
+pub fn prometheus_path() -> PathBuf {
+    if let Some(value) = std::env::var_os("SLUICE_TEST_PROMETHEUS").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(value);
+        assert!(
+            is_executable(&path),
+            "SLUICE_TEST_PROMETHEUS={} is not an executable file",
+            path.display()
+        );
+        return path;
+    }
+    find_on_path("prometheus").unwrap_or_else(|| {
+        panic!(
+            "the Prometheus server was not found: run `bash .ci/run` (it installs Debian's \
+             `prometheus` package), or `apt-get install --no-install-recommends prometheus`, or set \
+             SLUICE_TEST_PROMETHEUS to its path"
         )
     })
 }
