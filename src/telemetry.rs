@@ -531,6 +531,11 @@ impl Metrics {
         gauge
     }
 
+    /// Every series as it is now, for readers of the values (the status page).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         TextEncoder::new()
