@@ -1,21 +1,34 @@
-//! The HTTP listener: `GET /metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (policies are loaded and the service is not shutting down; the body also says
-//! whether the counter store answers).
+//! The HTTP listener: `GET /` (the human status page, [`crate::status_page`]), `/metrics`
+//! (Prometheus text), `/healthz` (the process is alive) and `/readyz` (policies are loaded and the
+//! service is not shutting down; the body also says whether the counter store answers).
 //!
 //! Readiness deliberately ignores Redis: while Redis is down Sluice still answers every check
 //! (per `SLUICE_FAILURE_MODE`), and taking every instance out of the load balancer would turn a
 //! Redis outage into connection errors for Envoy (docs/operations.md).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 
 use prometheus::IntGauge;
 
-use crate::{ratelimit::counter::RedisHealth, telemetry::Metrics};
+use crate::{
+    ratelimit::counter::RedisHealth,
+    status_page::{CONTENT_SECURITY_POLICY, Instance, StatusPage},
+    telemetry::Metrics,
+};
 
 /// Whether this instance should receive traffic: set once the first policy load succeeded,
 /// cleared when shutdown begins; mirrored into `sluice_ready` when given one.
@@ -66,11 +79,14 @@ struct HttpState {
     metrics: Metrics,
     readiness: Readiness,
     counters: CounterStore,
+    /// The status page and its previous reading of the counters, shared by every viewer.
+    status_page: Arc<StatusPage>,
 }
 
 /// The HTTP routes.
 pub fn router(metrics: Metrics, readiness: Readiness, counters: CounterStore) -> Router {
     Router::new()
+        .route("/", get(status))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -78,7 +94,36 @@ pub fn router(metrics: Metrics, readiness: Readiness, counters: CounterStore) ->
             metrics,
             readiness,
             counters,
+            status_page: Arc::default(),
         })
+}
+
+/// The status page: HTML that allows no script, never cached.
+async fn status(State(state): State<HttpState>) -> impl IntoResponse {
+    let instance = Instance {
+        ready: state.readiness.is_ready(),
+        redis: match &state.counters {
+            CounterStore::InProcess => None,
+            CounterStore::Redis(health) => Some(health.state()),
+        },
+    };
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64());
+    let page =
+        state
+            .status_page
+            .render(&state.metrics.gather(), instance, Instant::now(), unix_now);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        page,
+    )
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {

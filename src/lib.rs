@@ -41,7 +41,8 @@
 //! ## Around both
 //! [`settings`] (every flag and environment variable), [`startup`] (builds and runs the
 //! [`startup::Application`]), [`telemetry`] (logs, Prometheus series, per-RPC metrics),
-//! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`proto`] (generated code), [`grpc_codec`] (the
+//! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`status_page`] (`GET /`, the human status page
+//! read from the Prometheus registry), [`proto`] (generated code), [`grpc_codec`] (the
 //! codec of both gRPC services: a message that does not decode is INVALID_ARGUMENT).
 
 /// mimalloc for every binary that links Sluice: malloc/free was about a fifth of the hot path's
@@ -59,6 +60,7 @@ pub mod proto;
 pub mod ratelimit;
 pub mod settings;
 pub mod startup;
+pub mod status_page;
 pub mod store;
 pub mod telemetry;
 pub mod top_tenants;

@@ -550,7 +550,7 @@ impl Metrics {
         gauge
     }
 
-    /// Every series as gathered from the registry (for OTLP export).
+    /// Every series as it is now: for OTLP export and the status page.
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.registry.gather()
     }

@@ -440,11 +440,23 @@ pub fn secret(value: &str) -> SecretString {
     SecretString::new(value)
 }
 
-/// An HTTP/1.1 response: status code and body.
+/// An HTTP/1.1 response: status code, headers and body.
 #[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
+    /// Header names in lower case, values as sent, in order.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of the first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// `GET path` over a fresh HTTP/1.1 connection (`Connection: close`), read to the end. Chunked
@@ -470,8 +482,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpRespo
                 format!("not an HTTP response: {head:?}"),
             )
         })?;
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
     Ok(HttpResponse {
         status,
+        headers,
         body: body.to_owned(),
     })
 }

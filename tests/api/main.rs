@@ -8,7 +8,8 @@
 //! grpcurl binary through reflection, and the `sluice token` command), [`metrics`] (bounded
 //! per-RPC labels on `/metrics`), [`rate_limit`]
 //! (`ShouldRateLimit` against real Redis: every rule of SPEC §3, two instances, propagation,
-//! failure modes).
+//! failure modes), [`status_page`] (`GET /` on Redis-backed traffic, over plain HTTP and in
+//! headless Chromium).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -21,3 +22,4 @@ mod metrics;
 mod pagination;
 mod policies;
 mod rate_limit;
+mod status_page;

@@ -43,7 +43,7 @@ async fn with_redis(prefix: String) -> impl FnOnce(&mut Settings) {
     }
 }
 
-async fn spawn_with_redis() -> TestApp {
+pub(crate) async fn spawn_with_redis() -> TestApp {
     spawn_app_with(with_redis(support::unique_redis_prefix()).await).await
 }
 
@@ -77,7 +77,7 @@ fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
 }
 
 /// A request for `tenant` calling `method path`.
-fn call(tenant: &str, method: &str, path: &str) -> RateLimitRequest {
+pub(crate) fn call(tenant: &str, method: &str, path: &str) -> RateLimitRequest {
     request(vec![descriptor(&[
         ("tenant_id", tenant),
         ("path", path),
@@ -85,7 +85,7 @@ fn call(tenant: &str, method: &str, path: &str) -> RateLimitRequest {
     ])])
 }
 
-async fn check(app: &TestApp, req: RateLimitRequest) -> RateLimitResponse {
+pub(crate) async fn check(app: &TestApp, req: RateLimitRequest) -> RateLimitResponse {
     rls(app)
         .should_rate_limit(req)
         .await
@@ -93,16 +93,16 @@ async fn check(app: &TestApp, req: RateLimitRequest) -> RateLimitResponse {
         .into_inner()
 }
 
-fn code(response: &RateLimitResponse) -> Code {
+pub(crate) fn code(response: &RateLimitResponse) -> Code {
     Code::try_from(response.overall_code).expect("a known code")
 }
 
 /// Creates a policy as platform admin, returning it.
-async fn policy(app: &TestApp, p: pb::Policy) -> pb::Policy {
+pub(crate) async fn policy(app: &TestApp, p: pb::Policy) -> pb::Policy {
     app.create_ok(&app.admin_token(), p).await
 }
 
-fn unique_tenant(name: &str) -> String {
+pub(crate) fn unique_tenant(name: &str) -> String {
     format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 

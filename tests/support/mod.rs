@@ -12,10 +12,12 @@
 //! | `SLUICE_TEST_GRPCURL`, `SLUICE_TEST_ENVOY` | paths of the grpcurl and envoy binaries |
 //! | `SLUICE_TEST_PROMTOOL` | path of promtool (else `PATH`) |
 //! | `SLUICE_TEST_PROMETHEUS` | path of the Prometheus server (else `PATH`) |
+//! | `SLUICE_TEST_CHROMIUM` | path of chromium (else `PATH`) |
 //!
 //! Layout: `postgres` (admin URL, [`TestDatabase`]), `redis` (shared URL, prefixes, [`OwnedRedis`]),
-//! `tools` (grpcurl, envoy, promtool, prometheus), `prometheus_server` ([`PrometheusServer`], a real
-//! server scraping one target), `process` (ports, signals, servers tied to the test process).
+//! `tools` (grpcurl, envoy, promtool, prometheus, chromium), `prometheus_server`
+//! ([`PrometheusServer`], a real server scraping one target), `process` (ports, signals, servers
+//! tied to the test process).
 #![allow(dead_code, unused_imports)]
 
 mod postgres;
@@ -30,4 +32,4 @@ pub use postgres::{
 pub use process::{free_port, readyz_is_ok};
 pub use prometheus_server::{PrometheusServer, Sample};
 pub use redis::{OwnedRedis, OwnedRedisCluster, redis_ping, redis_url, unique_redis_prefix};
-pub use tools::{envoy_path, grpcurl_path, prometheus_path, promtool_path};
+pub use tools::{chromium_path, envoy_path, grpcurl_path, prometheus_path, promtool_path};

@@ -1,6 +1,6 @@
 //! The real programs the suite drives: grpcurl (admin API, reflection), Envoy (RLS wire format),
-//! promtool (the Prometheus alert rules in `deploy/prometheus`) and the Prometheus server (the
-//! Grafana dashboard's queries in `deploy/grafana`).
+//! promtool (the Prometheus alert rules in `deploy/prometheus`), the Prometheus server (the
+//! Grafana dashboard's queries in `deploy/grafana`) and Chromium (the status page).
 
 use std::path::{Path, PathBuf};
 
@@ -107,4 +107,30 @@ fn tool_path(variable: &str, name: &str, in_site_packages: &str, requirement: &s
              or set {variable} to its path"
         )
     })
+}
+
+/// Path of Chromium (Debian's `chromium` package), for the status page in a real browser:
+/// `$SLUICE_TEST_CHROMIUM`, else `chromium` on `PATH`, else Google Chrome (same flags).
+///
+/// Panics naming the install step when there is none: the browser test never passes by skipping.
+pub fn chromium_path() -> PathBuf {
+    if let Some(value) = std::env::var_os("SLUICE_TEST_CHROMIUM").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(value);
+        assert!(
+            is_executable(&path),
+            "SLUICE_TEST_CHROMIUM={} is not an executable file",
+            path.display()
+        );
+        return path;
+    }
+    ["chromium", "google-chrome-stable", "google-chrome"]
+        .into_iter()
+        .find_map(find_on_path)
+        .unwrap_or_else(|| {
+            panic!(
+                "chromium not found: run `bash .ci/run` (it installs Debian's `chromium` package), \
+                 or `apt-get install --no-install-recommends chromium`, or set SLUICE_TEST_CHROMIUM \
+                 to its path"
+            )
+        })
 }
