@@ -14,6 +14,7 @@ use prost_types::{FileDescriptorSet, field_descriptor_proto::Type};
 
 const PROTOS: &[&str] = &[
     "sluice/admin/v1/policy.proto",
+    "sluice/admin/v1/explain.proto",
     "envoy/service/ratelimit/v3/rls.proto",
 ];
 

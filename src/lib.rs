@@ -36,11 +36,15 @@
 //! (applied before the RPC answers), `LISTEN sluice_policies` names other instances' changes
 //! (each read back alone), and a full load runs at start and every 30 s as a safety net.
 //! [`startup`] wires it to [`ratelimit::snapshot::SharedSnapshot`], which recompiles only the
-//! changed tenant's matcher.
+//! changed tenant's matcher. [`explain`] (`sluice.admin.v1.ExplainService/ExplainRateLimit`) is
+//! the one module that uses both: the admin path's JWT scope, and [`ratelimit::explain`], which
+//! explains what the hot path would decide for a descriptor without counting.
 //!
 //! ## Around both
 //! [`settings`] (every flag and environment variable), [`startup`] (builds and runs the
 //! [`startup::Application`]), [`telemetry`] (logs, Prometheus series, per-RPC metrics),
+//! [`top_tenants`] (the bounded per-tenant decision series), [`otlp_metrics`] (the same series
+//! over OTLP),
 //! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`status_page`] (`GET /`, the human status page
 //! read from the Prometheus registry), [`proto`] (generated code), [`grpc_codec`] (the
 //! codec of both gRPC services: a message that does not decode is INVALID_ARGUMENT).
@@ -52,6 +56,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
 pub mod domain;
+pub mod explain;
 pub mod grpc_codec;
 pub mod http;
 pub mod otlp_metrics;

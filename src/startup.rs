@@ -20,11 +20,16 @@ use crate::{
         page_token::PageTokenCodec,
         service::{PolicyAdmin, PolicyChangeHook},
     },
+    explain::Explainer,
     http::{CounterStore, Readiness, router},
     policy_refresh::PolicyRefresher,
     proto::{
-        self, envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer,
-        sluice::admin::v1::policy_service_server::PolicyServiceServer,
+        self,
+        envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer,
+        sluice::admin::v1::{
+            explain_service_server::ExplainServiceServer,
+            policy_service_server::PolicyServiceServer,
+        },
     },
     ratelimit::{
         counter::{
@@ -339,7 +344,7 @@ pub struct Application {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     admin: PolicyAdmin,
-    rate_limiter: RateLimiter,
+    rate_limiter: Arc<RateLimiter>,
     verifier: Arc<JwtVerifier>,
     metrics: Metrics,
     readiness: Readiness,
@@ -361,7 +366,7 @@ impl Application {
         let metrics = Metrics::with_top_tenants(usize::from(settings.metrics_top_tenants));
         let counters = open_counter(&settings, &metrics).await?;
         let snapshot = Arc::new(SharedSnapshot::new());
-        let rate_limiter = RateLimiter::new(
+        let rate_limiter = Arc::new(RateLimiter::new(
             snapshot.clone(),
             counters.counter,
             RateLimiterConfig {
@@ -374,7 +379,7 @@ impl Application {
                 failure_mode: settings.failure_mode,
             },
             metrics.clone(),
-        );
+        ));
         let policies_gauge = metrics.policies.clone();
         let snapshot_timestamp = metrics.policy_snapshot_timestamp.clone();
         let apply: crate::policy_refresh::ApplyPolicies = Arc::new(move |update| {
@@ -527,14 +532,19 @@ impl Application {
             self.admin,
             AuthInterceptor::new(self.verifier.clone()),
         );
+        let explain = ExplainServiceServer::with_interceptor(
+            Explainer::new(self.rate_limiter.clone()),
+            AuthInterceptor::new(self.verifier.clone()),
+        );
         let grpc = tonic::transport::Server::builder()
             .layer(GrpcMetricsLayer::new(self.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(admin)
+            .add_service(explain)
             .add_service(
-                RateLimitServiceServer::new(self.rate_limiter)
+                RateLimitServiceServer::from_arc(self.rate_limiter)
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .serve_with_incoming_shutdown(

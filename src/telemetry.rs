@@ -288,13 +288,14 @@ impl prometheus::core::Collector for ChecksCollector {
 
 /// The `/package.Service/Method` paths Sluice serves: the only `method` label values besides
 /// [`UNKNOWN_METHOD`], so a client cannot create series by calling made-up paths.
-pub const GRPC_METHODS: [&str; 10] = [
+pub const GRPC_METHODS: [&str; 11] = [
     "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
     "/sluice.admin.v1.PolicyService/CreatePolicy",
     "/sluice.admin.v1.PolicyService/GetPolicy",
     "/sluice.admin.v1.PolicyService/UpdatePolicy",
     "/sluice.admin.v1.PolicyService/DeletePolicy",
     "/sluice.admin.v1.PolicyService/ListPolicies",
+    "/sluice.admin.v1.ExplainService/ExplainRateLimit",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

@@ -4,6 +4,7 @@
 
 pub mod breaker;
 pub mod counter;
+pub mod explain;
 pub mod keys;
 pub mod over_limit_cache;
 pub mod request;

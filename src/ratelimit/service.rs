@@ -52,11 +52,11 @@ pub const INVALID_RATE_LIMIT_REQUEST: &str = "INVALID_RATE_LIMIT_REQUEST";
 
 /// Everything `ShouldRateLimit` needs; built once by `startup`.
 pub struct RateLimiter {
-    snapshot: Arc<SharedSnapshot>,
-    counter: Arc<dyn SlidingWindowCounter>,
-    keys: DescriptorKeys,
+    pub(super) snapshot: Arc<SharedSnapshot>,
+    pub(super) counter: Arc<dyn SlidingWindowCounter>,
+    pub(super) keys: DescriptorKeys,
     /// The whole counter step's deadline (RATE_LIMIT_REDIS_TIMEOUT_MS).
-    deadline: Duration,
+    pub(super) deadline: Duration,
     failure_mode: FailureMode,
     breaker: CircuitBreaker,
     metrics: Metrics,
@@ -106,23 +106,23 @@ enum CounterStep {
 }
 
 /// How one descriptor is counted.
-struct Plan<'a> {
+pub(super) struct Plan<'a> {
     /// The tenant as it appears in counter keys.
-    counter_tenant: Cow<'a, str>,
+    pub(super) counter_tenant: Cow<'a, str>,
     key_suffix: Cow<'a, str>,
     /// `current_limit.name`: the policy id, or empty for a bare override.
     name: &'a str,
-    max_requests: u32,
-    window_ms: u64,
-    burst_limit: u32,
+    pub(super) max_requests: u32,
+    pub(super) window_ms: u64,
+    pub(super) burst_limit: u32,
     unit: Unit,
-    shadow: bool,
+    pub(super) shadow: bool,
     /// Hits this descriptor adds, as sent: may exceed what any limit allows.
-    hits: u64,
+    pub(super) hits: u64,
 }
 
 impl<'a> Plan<'a> {
-    fn new(
+    pub(super) fn new(
         descriptor: &ParsedDescriptor<'a>,
         policy: Option<&'a Arc<ActivePolicy>>,
         entries: &[(&[u8], &[u8])],
@@ -210,7 +210,7 @@ impl<'a> Plan<'a> {
     }
 
     /// The counter check; `read_only` reads the counter without counting (0 hits).
-    fn check(&self, read_only: bool) -> CounterCheck<'_> {
+    pub(super) fn check(&self, read_only: bool) -> CounterCheck<'_> {
         CounterCheck {
             key_suffix: &self.key_suffix,
             max_requests: self.max_requests,

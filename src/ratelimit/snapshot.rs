@@ -73,6 +73,16 @@ pub fn unit_for_window(window_seconds: u32) -> Unit {
     }
 }
 
+/// [`PolicySnapshot::explain`]'s answer.
+#[derive(Debug)]
+pub struct ExplainedLookup<'s> {
+    pub policy: Option<&'s Arc<ActivePolicy>>,
+    /// The policy is a `*` default (the tenant had no matching policy of its own).
+    pub is_default: bool,
+    /// `(owner, policy)`: the tenant's policies, then the `*` defaults.
+    pub considered: Vec<(&'s str, &'s Arc<ActivePolicy>)>,
+}
+
 type Matcher = PatternSet<Arc<ActivePolicy>>;
 
 /// Whose policies a matcher holds: a tenant's name, or [`ALL_TENANTS`]. Shared between the
@@ -170,6 +180,34 @@ impl PolicySnapshot {
             .get(tenant)
             .and_then(|set| find_in(set, method, path))
             .or_else(|| find_in(&self.defaults, method, path))
+    }
+
+    /// What [`PolicySnapshot::lookup`] finds and whether it is a `*` default, with every enabled
+    /// policy it considered (the tenant's, then the defaults, as `(owner, policy)`). For
+    /// `ExplainRateLimit`, never the hot path.
+    pub fn explain<'s>(
+        &'s self,
+        tenant: &'s str,
+        method: Option<&str>,
+        path: Option<&str>,
+    ) -> ExplainedLookup<'s> {
+        let own = self.tenants.get(tenant);
+        let found_own = own.and_then(|set| find_in(set, method, path));
+        let found = found_own.or_else(|| find_in(&self.defaults, method, path));
+        let mut considered: Vec<(&str, &Arc<ActivePolicy>)> = Vec::new();
+        if let Some(set) = own {
+            considered.extend(set.iter().map(|(_, policy)| (tenant, policy)));
+        }
+        considered.extend(
+            self.defaults
+                .iter()
+                .map(|(_, policy)| (ALL_TENANTS, policy)),
+        );
+        ExplainedLookup {
+            policy: found,
+            is_default: found.is_some() && found_own.is_none(),
+            considered,
+        }
     }
 
     /// The matcher of `owner` (a tenant, or `*`) and the key it is held under.

@@ -352,3 +352,44 @@ async fn sluice_token_without_a_secret_on_postgres_fails_naming_the_setting() {
     assert!(stderr.contains("SLUICE_JWT_HS256_SECRET"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// "Why was I limited?" from a shell: `ExplainRateLimit` through reflection alone, with the
+/// descriptor entries as Envoy's JSON strings.
+#[tokio::test]
+async fn grpcurl_explains_a_rate_limit_decision() {
+    let app = spawn_app().await;
+    let token = app.admin_token();
+    let created = call(
+        &app,
+        &token,
+        "CreatePolicy",
+        &json!({"policy": {"tenantId": "acme", "endpointPattern": "GET /v1/**", "maxRequests": 3}}),
+    )
+    .await;
+    let services = grpcurl_ok(&app, &[], &["list"]).await;
+    assert!(
+        services
+            .lines()
+            .any(|l| l.trim() == "sluice.admin.v1.ExplainService"),
+        "{services}"
+    );
+    let header = format!("authorization: Bearer {token}");
+    let body = json!({"descriptors": [{"entries": [
+        {"key": "tenant_id", "value": "acme"},
+        {"key": "method", "value": "GET"},
+        {"key": "path", "value": "/v1/orders?page=2"},
+    ]}]})
+    .to_string();
+    let stdout = grpcurl_ok(
+        &app,
+        &["-H", &header, "-d", &body],
+        &["sluice.admin.v1.ExplainService/ExplainRateLimit"],
+    )
+    .await;
+    let explained: Value = serde_json::from_str(&stdout).expect("JSON");
+    let descriptor = &explained["descriptors"][0];
+    assert_eq!(descriptor["policy"]["id"], created["id"], "{stdout}");
+    assert_eq!(descriptor["path"], "/v1/orders", "{stdout}");
+    assert_eq!(descriptor["remaining"], 3, "{stdout}");
+    assert_eq!(descriptor["counted"], true, "{stdout}");
+}

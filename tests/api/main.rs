@@ -8,13 +8,15 @@
 //! grpcurl binary through reflection, and the `sluice token` command), [`metrics`] (bounded
 //! per-RPC labels on `/metrics`), [`rate_limit`]
 //! (`ShouldRateLimit` against real Redis: every rule of SPEC §3, two instances, propagation,
-//! failure modes), [`status_page`] (`GET /` on Redis-backed traffic, over plain HTTP and in
+//! failure modes), [`explain`] (`ExplainRateLimit`: the deciding policy, the counter, scoping),
+//! [`status_page`] (`GET /` on Redis-backed traffic, over plain HTTP and in
 //! headless Chromium).
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod auth;
+mod explain;
 mod grpcurl;
 mod helpers;
 mod lifecycle;
