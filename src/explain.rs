@@ -1,7 +1,8 @@
 //! `sluice.admin.v1.ExplainService/ExplainRateLimit`: the admin-side face of
 //! [`RateLimiter::explain`]. It sits between the two paths and is the only module that uses both:
 //! the JWT interceptor of the admin API puts the caller's [`TenantScope`] into the request, and
-//! the rate limiter explains the descriptors. A tenant's token may explain its own tenant only.
+//! the rate limiter explains the descriptors. A tenant's token may explain its own tenant only:
+//! another tenant's descriptor is NOT_FOUND, as another tenant's policy is in `GetPolicy`.
 
 use std::sync::Arc;
 
@@ -59,19 +60,16 @@ impl ExplainService for Explainer {
                 hits_addend: request.hits_addend,
             })
             .await?;
+        // Like GetPolicy of another tenant's policy: NOT_FOUND, the same answer whatever that
+        // tenant holds, so nothing about it leaks.
         if let Some(own) = scope.tenant_filter()
-            && let Some(other) = explanations
+            && let Some(position) = explanations
                 .iter()
-                .find(|e| !e.tenant_is_id || e.tenant != own.as_str())
+                .position(|e| !e.tenant_is_id || e.tenant != own.as_str())
         {
-            return Err(Status::permission_denied(format!(
-                "this token explains tenant {} only; a descriptor names {}",
-                own.as_str(),
-                if other.tenant_is_id {
-                    other.tenant.as_str()
-                } else {
-                    "another tenant"
-                }
+            return Err(Status::not_found(format!(
+                "descriptor {position} names a tenant other than this token's ({})",
+                own.as_str()
             )));
         }
         Ok(Response::new(ExplainRateLimitResponse {

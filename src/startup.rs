@@ -4,8 +4,9 @@
 //! reflection and the policy-refresh task; then runs it until a shutdown signal. Every
 //! [`StartupError`] names the setting at fault.
 //!
-//! Shutdown order: health NOT_SERVING and `/readyz` 503 → stop accepting → drain in-flight
-//! calls → stop background tasks.
+//! Shutdown order: health NOT_SERVING and `/readyz` 503 → the gRPC listener stops accepting →
+//! drain in-flight calls (the HTTP listener still answers, so probes see the 503) → the HTTP
+//! listener stops → stop background tasks.
 
 use std::{net::SocketAddr, path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -551,14 +552,22 @@ impl Application {
                 // tonic applies its own TCP_NODELAY only to listeners it binds itself; without it
                 // Nagle's algorithm holds small responses back behind delayed ACKs (~40 ms tails).
                 TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
-                wait_for(servers_stop_rx.clone()),
+                wait_for(servers_stop_rx),
             );
+        // The HTTP listener outlives the gRPC drain: while calls in flight finish, `/readyz`
+        // keeps answering 503 to the probes that take this instance out of rotation.
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
         let http = axum::serve(
             self.http_listener,
             router(self.metrics.clone(), readiness, self.counter_store),
         )
-        .with_graceful_shutdown(wait_for(servers_stop_rx));
+        .with_graceful_shutdown(wait_for(http_stop_rx));
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "sluice is serving");
+        let grpc = async move {
+            let result = grpc.await;
+            let _ = http_stop_tx.send(true);
+            result
+        };
 
         // Drain, but not forever: a long-lived stream (a client's health Watch, say) never ends
         // by itself, so after the grace period the remaining connections are closed.

@@ -83,6 +83,29 @@ async fn explains_the_deciding_policy_and_its_counter_without_counting() {
 }
 
 #[tokio::test]
+async fn a_star_default_decides_when_the_tenant_has_no_policy_of_its_own() {
+    let app = spawn_with_redis().await;
+    let tenant = unique_tenant("initech");
+    // A default for every tenant, on a path unique to this test (defaults are shared).
+    let path = format!("/explain-default-{}/**", unique_tenant("p"));
+    let default = policy(&app, new_policy("*", &path, 7)).await;
+    let explained = explain(
+        &app,
+        &app.admin_token(),
+        &tenant,
+        "GET",
+        &path.replace("**", "x"),
+    )
+    .await
+    .expect("explained");
+    let matched = explained.policy.expect("the default decides");
+    assert_eq!(matched.id, default.id);
+    assert_eq!(matched.tenant_id, "*");
+    assert_eq!((explained.limit, explained.remaining), (7, 7));
+    assert!(!explained.would_be_denied);
+}
+
+#[tokio::test]
 async fn a_tenants_token_explains_its_own_tenant_only() {
     let app = spawn_with_redis().await;
     let (acme, globex) = (unique_tenant("acme"), unique_tenant("globex"));
@@ -95,10 +118,23 @@ async fn a_tenants_token_explains_its_own_tenant_only() {
     assert_eq!(own.policy.expect("matched").tenant_id, acme);
     assert_eq!(own.remaining, 10);
 
-    let denied = explain(&app, &app.token(&acme), &globex, "GET", "/a")
+    // Another tenant's descriptor: NOT_FOUND, the same whether that tenant has policies or not.
+    let with_policies = explain(&app, &app.token(&acme), &globex, "GET", "/a")
         .await
         .expect_err("another tenant");
-    assert_eq!(denied.code(), Status::PermissionDenied);
+    let without = explain(
+        &app,
+        &app.token(&acme),
+        &unique_tenant("nobody"),
+        "GET",
+        "/a",
+    )
+    .await
+    .expect_err("another tenant");
+    for status in [&with_policies, &without] {
+        assert_eq!(status.code(), Status::NotFound, "{status:?}");
+        assert!(!status.message().contains("globex"), "{status:?}");
+    }
     let missing = ExplainServiceClient::new(app.channel.clone())
         .explain_rate_limit(ExplainRateLimitRequest::default())
         .await

@@ -1425,6 +1425,22 @@ async fn metrics_say_which_tenants_are_limited_and_how_redis_calls_go() {
     }
 
     let metrics = http_get(app.http_addr, "/metrics").await.unwrap().body;
+    // A real Prometheus text parser (and linter) accepts the exposition.
+    let mut promtool = std::process::Command::new(support::promtool_path())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
     let value = |series: &str| -> f64 {
         metrics
             .lines()
