@@ -246,6 +246,10 @@ async fn headless_chromium_renders_the_status_page() {
         "a {} byte screenshot is too small for a page of tables",
         png.len()
     );
+    // Kept as the run's artifact (CI uploads it): what on-call would have seen.
+    let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    std::fs::write(&kept, &png)
+        .unwrap_or_else(|err| panic!("cannot keep the screenshot at {}: {err}", kept.display()));
 }
 
 /// Loads `url` in headless Chromium with a fresh `profile`, saves a 1200×900 screenshot to
