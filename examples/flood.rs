@@ -105,6 +105,11 @@ struct Args {
     /// Worker threads of this generator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Open loop: send this many checks per second in all, each timed from when it was due (so a
+    /// stall shows in the latency instead of slowing the sender); `--inflight` caps how many are
+    /// outstanding. 0: closed loop, every stream sends as soon as its last answer came.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Exit non-zero on an error answer, an empty run or counted hits != OK answers.
     #[arg(long)]
     check: bool,
@@ -546,6 +551,8 @@ async fn drive(
     let stop_at = measure_from + Duration::from_secs(args.secs);
     let path = PathAndQuery::from_static(SHOULD_RATE_LIMIT);
     let max_checks = args.max_checks;
+    // Open loop: check n is due at begin + n / rate.
+    let every = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
 
     let streams: Vec<_> = (0..inflight)
         .map(|i| {
@@ -555,15 +562,20 @@ async fn drive(
                 let mut tally = Tally::new();
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= max_checks || Instant::now() >= stop_at {
+                    let due = every.map(|every| begin + every.mul_f64(n as f64));
+                    if n >= max_checks || due.unwrap_or_else(Instant::now) >= stop_at {
                         return tally;
+                    }
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
                     }
                     let body = bodies[n as usize % bodies.len()].clone();
                     if let Err(err) = grpc.ready().await {
                         *tally.errors.entry(format!("transport: {err}")).or_default() += 1;
                         return tally;
                     }
-                    let sent = Instant::now();
+                    // Open loop: from when it was due, so waiting for a free stream counts too.
+                    let sent = due.unwrap_or_else(Instant::now);
                     let answer = grpc
                         .unary(Request::new(body), path.clone(), PreEncoded)
                         .await;

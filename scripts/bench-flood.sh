@@ -17,7 +17,9 @@
 # counted hits != OK answers), FLOOD_REDIS_URL (redis://127.0.0.1:6379), FLOOD_DATABASE_URL
 # (postgres://sluice_test:sluice_test@127.0.0.1:5432/postgres: a role that may create databases),
 # FLOOD_MIN_FREE_GB (5: free disk a release build needs), FLOOD_SLUICE_BIN (another sluice binary
-# to run, for an A/B against an earlier commit). Sluice's own settings (e.g.
+# to run, for an A/B against an earlier commit), FLOOD_RATE (checks per second in all, open loop,
+# latency timed from when each check was due; 0 = closed loop, the default; FLOOD_INFLIGHT then
+# caps how many are outstanding). Sluice's own settings (e.g.
 # RATE_LIMIT_REDIS_TIMEOUT_MS, SLUICE_REDIS_POOL_SIZE) pass through. Loopback only; every run is
 # bounded by FLOOD_SECS and a maximum number of checks.
 set -euo pipefail
@@ -162,6 +164,7 @@ SLUICE_JWT_HS256_SECRET="$secret" "$target_dir/examples/flood" \
     --scenarios "${FLOOD_SCENARIOS:-one,zipf,deny}" \
     --tenants "${FLOOD_TENANTS:-1000}" \
     --ceiling-calls "${FLOOD_CEILING_CALLS:-200000}" \
+    --rate "${FLOOD_RATE:-0}" \
     "${check_flag[@]}" "$@" || status=$?
 if [ "$status" -ne 0 ]; then
     echo "bench-flood: the load generator failed (exit $status); the last lines of Sluice's log:" >&2
