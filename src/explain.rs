@@ -91,21 +91,20 @@ fn matched(owner: &str, policy: &ActivePolicy) -> MatchedPolicy {
 }
 
 fn to_proto(explanation: Explanation) -> DescriptorExplanation {
-    let owner_of = |policy: &Arc<ActivePolicy>| {
-        explanation
-            .considered
-            .iter()
-            .find(|(_, p)| Arc::ptr_eq(p, policy))
-            .map_or_else(|| explanation.tenant.clone(), |(owner, _)| owner.clone())
-    };
     let mut out = DescriptorExplanation {
-        tenant_id: explanation.tenant.clone(),
-        method: explanation.method.clone().unwrap_or_default(),
-        path: explanation.path.clone().unwrap_or_default(),
-        policy: explanation
-            .policy
-            .as_ref()
-            .map(|(policy, _)| matched(&owner_of(policy), policy)),
+        policy: explanation.policy.as_ref().map(|(policy, is_default)| {
+            matched(
+                if *is_default {
+                    "*"
+                } else {
+                    &explanation.tenant
+                },
+                policy,
+            )
+        }),
+        tenant_id: explanation.tenant,
+        method: explanation.method.unwrap_or_default(),
+        path: explanation.path.unwrap_or_default(),
         considered: explanation
             .considered
             .iter()

@@ -24,7 +24,11 @@ use std::{
 
 use prometheus::proto::{Metric, MetricFamily};
 
-use crate::{ratelimit::counter::RedisState, telemetry::FailureReason, top_tenants::OTHER};
+use crate::{
+    ratelimit::counter::RedisState,
+    telemetry::FailureReason,
+    top_tenants::{DECISIONS, OTHER},
+};
 
 /// `Content-Security-Policy` of the page: no script, no fetch, no frame, no form, no image; only
 /// the page's own inline `<style>`.
@@ -45,15 +49,8 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Rows of each tenant table, at most (`SLUICE_METRICS_TOP_TENANTS` may label up to 1,000).
 const TENANT_ROWS: usize = 25;
 
-/// The `decision` label values, in the order of [`TenantCounts`].
-const DECISIONS: [&str; 5] = [
-    "allowed",
-    "denied",
-    "shadow_denied",
-    "fail_open",
-    "unmatched",
-];
-/// Index of `denied` in [`DECISIONS`].
+/// Index of `denied` in [`DECISIONS`] (the `decision` label values, in the order of
+/// [`TenantCounts`]).
 const DENIED: usize = 1;
 
 /// What the page says about the instance beyond the registry, from the handles `/readyz` reads.
@@ -853,6 +850,11 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}.kv th{font-weight:norma
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denied_indexes_the_denied_decision() {
+        assert_eq!(DECISIONS[DENIED], "denied");
+    }
     use crate::telemetry::Metrics;
 
     const UP: Instance = Instance {

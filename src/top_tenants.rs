@@ -40,8 +40,9 @@ const SUMMARY_PER_LABEL: usize = 8;
 /// Once N tenants are labelled, one request in this many (per thread) is tallied, weighing this
 /// much.
 const TALLY_EVERY: u32 = 16;
-/// The `decision` label values, in the order of [`TenantSeries`]' fields.
-const DECISIONS: [&str; 5] = [
+/// The `decision` label values of `sluice_tenant_checks_total`, in the order of
+/// [`TenantSeries`]' fields.
+pub const DECISIONS: [&str; 5] = [
     "allowed",
     "denied",
     "shadow_denied",

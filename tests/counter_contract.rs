@@ -1142,8 +1142,8 @@ mod concurrent_requests {
         }
     }
 
-    /// (allowed, remaining) per check of each request.
-    async fn decide_together(
+    /// (allowed, remaining) per check of each request, all sent at once (in order).
+    pub(super) async fn decide_together(
         counter: &dyn SlidingWindowCounter,
         requests: &[Vec<CounterCheck<'static>>],
     ) -> Vec<Vec<(bool, u32)>> {
@@ -1229,10 +1229,9 @@ mod concurrent_requests {
 /// counter named twice — decided together by Redis and one by one by the in-process counter:
 /// every verdict's `allowed` and `remaining` agree.
 mod random_batches {
-    use futures_util::future::join_all;
     use proptest::prelude::*;
 
-    use super::*;
+    use super::{concurrent_requests::decide_together, *};
 
     /// (key, max_requests, burst_limit): three counters of one tenant.
     const COUNTERS: [(&str, u32, u32); 3] = [("p:a", 6, 0), ("p:b", 9, 0), ("p:c", 12, 3)];
@@ -1262,28 +1261,6 @@ mod random_batches {
                     .collect()
             },
         )
-    }
-
-    /// (allowed, remaining) per check of each request, all sent at once (in order).
-    async fn decide_together(
-        counter: &dyn SlidingWindowCounter,
-        requests: &[Vec<CounterCheck<'static>>],
-    ) -> Vec<Vec<(bool, u32)>> {
-        join_all(
-            requests
-                .iter()
-                .map(|checks| counter.check(TENANT, checks, far_deadline())),
-        )
-        .await
-        .into_iter()
-        .map(|verdicts| {
-            verdicts
-                .expect("counter check")
-                .iter()
-                .map(|v| (v.allowed, v.remaining))
-                .collect()
-        })
-        .collect()
     }
 
     #[test]

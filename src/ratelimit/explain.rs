@@ -73,10 +73,7 @@ impl RateLimiter {
             };
             explanations.push(Explanation {
                 tenant: String::from_utf8_lossy(descriptor.tenant).into_owned(),
-                tenant_is_id: matches!(
-                    keys::counter_tenant(descriptor.tenant, descriptor.tenant_text),
-                    std::borrow::Cow::Borrowed(_)
-                ),
+                tenant_is_id: descriptor.tenant_text.is_some_and(keys::is_tenant_id),
                 method: descriptor.method.as_deref().map(str::to_owned),
                 path: descriptor.path.as_deref().map(str::to_owned),
                 policy: lookup

@@ -27,15 +27,14 @@ use crate::domain::{
 /// `text` is `tenant` as UTF-8, when it is.
 pub(crate) fn counter_tenant<'a>(tenant: &'a [u8], text: Option<&'a str>) -> Cow<'a, str> {
     match text {
-        Some(text)
-            if !text.is_empty()
-                && text.len() <= MAX_TENANT_ID_LEN
-                && text.chars().all(is_tenant_char) =>
-        {
-            Cow::Borrowed(text)
-        }
+        Some(text) if is_tenant_id(text) => Cow::Borrowed(text),
         _ => Cow::Owned(format!("~{}", hex::encode(&Sha256::digest(tenant)[..12]))),
     }
+}
+
+/// Whether `text` is written into counter keys as it is: a well-formed tenant id.
+pub(crate) fn is_tenant_id(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_TENANT_ID_LEN && text.chars().all(is_tenant_char)
 }
 
 /// `p:<policy uuid>`: a policy's own log.

@@ -34,22 +34,13 @@ pub fn envoy_path() -> PathBuf {
 ///
 /// Panics naming the install step when there is none: the alert-rule tests never pass by skipping.
 pub fn promtool_path() -> PathBuf {
-    if let Some(value) = std::env::var_os("SLUICE_TEST_PROMTOOL").filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(value);
-        assert!(
-            is_executable(&path),
-            "SLUICE_TEST_PROMTOOL={} is not an executable file",
-            path.display()
-        );
-        return path;
-    }
-    find_on_path("promtool").unwrap_or_else(|| {
-        panic!(
-            "promtool not found: run `bash .ci/run` (it installs Debian's `prometheus` package, which \
-             ships promtool), or `apt-get install --no-install-recommends prometheus`, or set \
-             SLUICE_TEST_PROMTOOL to its path"
-        )
-    })
+    system_tool(
+        "SLUICE_TEST_PROMTOOL",
+        &["promtool"],
+        "promtool not found: run `bash .ci/run` (it installs Debian's `prometheus` package, which \
+         ships promtool), or `apt-get install --no-install-recommends prometheus`, or set \
+         SLUICE_TEST_PROMTOOL to its path",
+    )
 }
 
 /// Path of the Prometheus server (Debian's `prometheus` package ships it): `$SLUICE_TEST_PROMETHEUS`,
@@ -57,34 +48,52 @@ pub fn promtool_path() -> PathBuf {
 ///
 /// Panics naming the install step when there is none: the dashboard test never passes by skipping.
 pub fn prometheus_path() -> PathBuf {
-    if let Some(value) = std::env::var_os("SLUICE_TEST_PROMETHEUS").filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(value);
-        assert!(
-            is_executable(&path),
-            "SLUICE_TEST_PROMETHEUS={} is not an executable file",
-            path.display()
-        );
-        return path;
-    }
-    find_on_path("prometheus").unwrap_or_else(|| {
-        panic!(
-            "the Prometheus server was not found: run `bash .ci/run` (it installs Debian's \
-             `prometheus` package), or `apt-get install --no-install-recommends prometheus`, or set \
-             SLUICE_TEST_PROMETHEUS to its path"
-        )
-    })
+    system_tool(
+        "SLUICE_TEST_PROMETHEUS",
+        &["prometheus"],
+        "the Prometheus server was not found: run `bash .ci/run` (it installs Debian's \
+         `prometheus` package), or `apt-get install --no-install-recommends prometheus`, or set \
+         SLUICE_TEST_PROMETHEUS to its path",
+    )
+}
+
+/// Path of Chromium (Debian's `chromium` package), for the status page in a real browser:
+/// `$SLUICE_TEST_CHROMIUM`, else `chromium` on `PATH`, else Google Chrome (same flags).
+///
+/// Panics naming the install step when there is none: the browser test never passes by skipping.
+pub fn chromium_path() -> PathBuf {
+    system_tool(
+        "SLUICE_TEST_CHROMIUM",
+        &["chromium", "google-chrome-stable", "google-chrome"],
+        "chromium not found: run `bash .ci/run` (it installs Debian's `chromium` package), \
+         or `apt-get install --no-install-recommends chromium`, or set SLUICE_TEST_CHROMIUM \
+         to its path",
+    )
+}
+
+/// The path `variable` names, which must be an executable file; `None` when it is unset or empty.
+fn from_variable(variable: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os(variable).filter(|v| !v.is_empty())?);
+    assert!(
+        is_executable(&path),
+        "{variable}={} is not an executable file",
+        path.display()
+    );
+    Some(path)
+}
+
+/// A tool from the system's packages: `$variable`, else the first of `names` on `PATH`; panics
+/// with `missing` when there is none.
+fn system_tool(variable: &str, names: &[&str], missing: &str) -> PathBuf {
+    from_variable(variable)
+        .or_else(|| names.iter().copied().find_map(find_on_path))
+        .unwrap_or_else(|| panic!("{missing}"))
 }
 
 /// Resolves one tool. Inside `.venv`, the binary shipped in the package is preferred to the
 /// `.venv/bin` launcher, which is a Python script (slower to start, and for grpcurl not an `exec`).
 fn tool_path(variable: &str, name: &str, in_site_packages: &str, requirement: &str) -> PathBuf {
-    if let Some(value) = std::env::var_os(variable).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(value);
-        assert!(
-            is_executable(&path),
-            "{variable}={} is not an executable file",
-            path.display()
-        );
+    if let Some(path) = from_variable(variable) {
         return path;
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
@@ -107,30 +116,4 @@ fn tool_path(variable: &str, name: &str, in_site_packages: &str, requirement: &s
              or set {variable} to its path"
         )
     })
-}
-
-/// Path of Chromium (Debian's `chromium` package), for the status page in a real browser:
-/// `$SLUICE_TEST_CHROMIUM`, else `chromium` on `PATH`, else Google Chrome (same flags).
-///
-/// Panics naming the install step when there is none: the browser test never passes by skipping.
-pub fn chromium_path() -> PathBuf {
-    if let Some(value) = std::env::var_os("SLUICE_TEST_CHROMIUM").filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(value);
-        assert!(
-            is_executable(&path),
-            "SLUICE_TEST_CHROMIUM={} is not an executable file",
-            path.display()
-        );
-        return path;
-    }
-    ["chromium", "google-chrome-stable", "google-chrome"]
-        .into_iter()
-        .find_map(find_on_path)
-        .unwrap_or_else(|| {
-            panic!(
-                "chromium not found: run `bash .ci/run` (it installs Debian's `chromium` package), \
-                 or `apt-get install --no-install-recommends chromium`, or set SLUICE_TEST_CHROMIUM \
-                 to its path"
-            )
-        })
 }

@@ -179,6 +179,18 @@ local c_window, c_max, c_burst, c_hits, c_enforcing = {}, {}, {}, {}, {}
 local fits, through, per_key, mark, touched = {}, {}, {}, {}, {}
 local stamp = 0
 
+-- Starts key k's entry of per_key for the current stamp, once: 0 hits, listed in touched.
+-- Returns how many keys touched now lists.
+local function touch(k, count)
+  if mark[k] ~= stamp then
+    mark[k] = stamp
+    per_key[k] = 0
+    count = count + 1
+    touched[count] = k
+  end
+  return count
+end
+
 -- One request of the group (n checks) against the counters as they are: fills fits[1..n] with
 -- '1' or '0', and per_key[k] with the hits it would add to each key it names, listed in
 -- touched[1..returned count]; returns whether every enforcing check fits and that count.
@@ -189,12 +201,7 @@ local function decide_one(n)
   for c = 1, n do
     local w = c_window[c]
     local k = window_key[w]
-    if mark[k] ~= stamp then
-      mark[k] = stamp
-      per_key[k] = 0
-      count = count + 1
-      touched[count] = k
-    end
+    count = touch(k, count)
     local extra = added[k] + per_key[k] + c_hits[c]
     if counted[w] + extra <= c_max[c] and (c_burst[c] == 0 or burst[k] + extra <= c_burst[c]) then
       per_key[k] = per_key[k] + c_hits[c]
@@ -256,12 +263,7 @@ for _ = 1, group_count do
     local count = 0
     for c = 1, n do
       local k = window_key[c_window[c]]
-      if mark[k] ~= stamp then
-        mark[k] = stamp
-        per_key[k] = 0
-        count = count + 1
-        touched[count] = k
-      end
+      count = touch(k, count)
       per_key[k] = per_key[k] + c_hits[c]
       through[c] = per_key[k]
     end
