@@ -169,8 +169,9 @@ fn the_readme_quick_start_reaches_over_limit_and_the_walkthrough_manages_policie
 
     // One shell, as a reader would: the walkthrough continues with the quick start's $TOKEN.
     let script = format!(
-        "{}\n{}",
+        "{}\n{}\n{}",
         readme_block("quickstart"),
+        readme_block("explain"),
         readme_block("walkthrough")
     );
     let output = sluice.run(dir.path(), &script);
@@ -194,6 +195,9 @@ fn the_readme_quick_start_reaches_over_limit_and_the_walkthrough_manages_policie
         "sluice.admin.v1.PolicyService",
         "envoy.service.ratelimit.v3.RateLimitService",
         "\"maxRequests\": 10",
+        // ExplainRateLimit on the third, limited check: two counted, a request would be denied.
+        "\"current\": 2",
+        "\"wouldBeDenied\": true",
         "\"tenantId\": \"*\"",
     ] {
         assert!(output.contains(expected), "missing {expected} in\n{output}");
