@@ -26,11 +26,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::Parser;
 use fred::prelude::{Builder, ClientLike, Config};
 use fred::types::InfoKind;
 use sluice::{
-    admin::auth::{PLATFORM_ADMIN_ROLE, mint_hs256},
     domain::{EndpointPattern, Limits, Policy, PolicyId, PolicyTenant, TenantId},
     proto::envoy::service::ratelimit::v3::{
         RateLimitRequest, rate_limit_response::Code,
@@ -42,16 +40,18 @@ use sluice::{
         service::{RateLimiter, RateLimiterConfig},
         snapshot::{PolicySnapshot, SharedSnapshot},
     },
-    settings::{Cli, FailureMode, SecretString, Settings},
-    startup::Application,
+    settings::{FailureMode, SecretString},
     telemetry::Metrics,
 };
-use tokio::{runtime::Runtime, sync::oneshot};
 
 use tonic::transport::Channel;
 
 #[path = "support/client.rs"]
 mod client;
+#[path = "support/server.rs"]
+mod server;
+
+use server::{Server, thread_cpu};
 
 /// Tenants with generous limits, three policies each.
 const TENANTS: usize = 100;
@@ -187,69 +187,17 @@ fn mixed_requests() -> Vec<RateLimitRequest> {
 // ---------------------------------------------------------------------------------------------
 // The server
 
-struct Server {
-    runtime: Runtime,
-    grpc_addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), sluice::startup::StartupError>>,
-}
-
 fn start_server(options: &Options, dir: &Path, redis_prefix: Option<&str>) -> Server {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.server_threads)
-        .thread_name("sluice-srv")
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
     let db = dir.join(format!("bench-{}.db", redis_prefix.is_some()));
-    let cli = Cli::try_parse_from([
-        "sluice".to_owned(),
-        "--grpc-addr=127.0.0.1:0".to_owned(),
-        "--http-addr=127.0.0.1:0".to_owned(),
-        format!("--database-url=sqlite://{}", db.display()),
-        format!("--jwt-hs256-secret={HS256_SECRET}"),
-    ])
-    .expect("bench settings parse");
-    let mut settings: Settings = cli.settings;
-    settings.jwt_hs256_secret_file = None;
-    settings.jwt_public_keys = None;
-    settings.jwt_issuer = None;
-    settings.jwt_audience = None;
-    settings.redis_password = None;
-    settings.redis_url = redis_prefix.map(|_| SecretString::new(options.redis_url.clone()));
-    if let Some(prefix) = redis_prefix {
-        settings.redis_key_prefix = prefix.to_owned();
-    }
-    if let Some(pool) = options.redis_pool {
-        settings.redis_pool_size = pool;
-    }
-    let app = runtime
-        .block_on(Application::build(settings))
-        .unwrap_or_else(|err| panic!("Sluice did not start: {err}"));
-    let grpc_addr = app.grpc_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = runtime.spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
-    Server {
-        runtime,
-        grpc_addr,
-        stop: Some(stop),
-        task,
-    }
-}
-
-impl Server {
-    fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    server::start(options.server_threads, &db, HS256_SECRET, |settings| {
+        settings.redis_url = redis_prefix.map(|_| SecretString::new(options.redis_url.clone()));
+        if let Some(prefix) = redis_prefix {
+            settings.redis_key_prefix = prefix.to_owned();
         }
-        let task = self.task;
-        let _ = self
-            .runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
-        self.runtime.shutdown_timeout(Duration::from_secs(2));
-    }
+        if let Some(pool) = options.redis_pool {
+            settings.redis_pool_size = pool;
+        }
+    })
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
@@ -263,13 +211,7 @@ async fn channel(addr: SocketAddr) -> Channel {
 
 /// Creates every policy through the admin API, eight calls at a time.
 async fn create_policies(addr: SocketAddr) {
-    let token = mint_hs256(
-        HS256_SECRET.as_bytes(),
-        None,
-        &[PLATFORM_ADMIN_ROLE.to_owned()],
-        Duration::from_secs(3600),
-    )
-    .expect("a token");
+    let token = client::admin_token(HS256_SECRET).expect("a token");
     if let Err(status) =
         client::create_policies(channel(addr).await, &token, &policy_specs(), 8).await
     {
@@ -301,42 +243,6 @@ impl Tally {
         self.denied += other.denied;
         self.unmatched += other.unmatched;
     }
-}
-
-/// CPU seconds used by this process's threads, by thread-name prefix (`sluice-srv`, `loadgen`).
-fn thread_cpu() -> BTreeMap<String, f64> {
-    let mut by_name = BTreeMap::new();
-    let ticks = 100.0; // USER_HZ on Linux.
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return by_name;
-    };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is 3rd, utime 14th, stime 15th.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let cpu = fields
-            .get(11)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + fields
-                .get(12)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        let name = comm.trim();
-        let group = if name.starts_with("sluice-srv") {
-            "sluice"
-        } else if name.starts_with("loadgen") {
-            "loadgen"
-        } else {
-            "other"
-        };
-        *by_name.entry(group.to_owned()).or_insert(0.0) += cpu / ticks;
-    }
-    by_name
 }
 
 /// What Redis reports about itself: CPU seconds and the EVALSHA totals.

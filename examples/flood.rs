@@ -42,10 +42,7 @@ use hdrhistogram::Histogram;
 use http::uri::PathAndQuery;
 use prost::Message;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sluice::{
-    admin::auth::{PLATFORM_ADMIN_ROLE, mint_hs256},
-    proto::envoy::service::ratelimit::v3::{RateLimitResponse, rate_limit_response::Code},
-};
+use sluice::proto::envoy::service::ratelimit::v3::{RateLimitResponse, rate_limit_response::Code};
 use tonic::{
     Request, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -884,13 +881,8 @@ fn main() {
             ticks: ticks_per_second(),
             redis,
         };
-        let token = mint_hs256(
-            secret.as_bytes(),
-            None,
-            &[PLATFORM_ADMIN_ROLE.to_owned()],
-            Duration::from_secs(3600),
-        )
-        .unwrap_or_else(|err| fail(&format!("cannot mint an admin token: {err}")));
+        let token = client::admin_token(&secret)
+            .unwrap_or_else(|err| fail(&format!("cannot mint an admin token: {err}")));
         let admin = connect(args.grpc).await;
 
         let mut runs = Vec::new();

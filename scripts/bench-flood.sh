@@ -59,8 +59,8 @@ PGCONNECT_TIMEOUT=5 psql -X -q -w -At "$ADMIN_DB_URL" -c 'select 1' >/dev/null 2
     || die "cannot connect to PostgreSQL with FLOOD_DATABASE_URL (a role that may create databases)"
 
 case "$PROFILE" in
-    release) build_flags=(--release); target_dir=target/release ;;
-    debug) build_flags=(); target_dir=target/debug ;;
+    release) build_flags=(--release); target_dir="${CARGO_TARGET_DIR:-target}/release" ;;
+    debug) build_flags=(); target_dir="${CARGO_TARGET_DIR:-target}/debug" ;;
     *) die "FLOOD_PROFILE must be release or debug, not $PROFILE" ;;
 esac
 free_gb="$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')"

@@ -48,6 +48,11 @@
 //! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`status_page`] (`GET /`, the human status page
 //! read from the Prometheus registry), [`proto`] (generated code), [`grpc_codec`] (the
 //! codec of both gRPC services: a message that does not decode is INVALID_ARGUMENT).
+//!
+//! ## Beside the service
+//! The workspace's other member, `crates/sluice-tower`, is the client side: a tower layer that
+//! asks this service's `ShouldRateLimit` from inside axum, hyper and tonic services. It compiles
+//! the same `proto/` files (client only) and depends on nothing here (docs/tower-layer.md).
 
 /// mimalloc for every binary that links Sluice: malloc/free was about a fifth of the hot path's
 /// CPU with the system allocator (docs/benchmarks.md).

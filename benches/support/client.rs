@@ -1,6 +1,7 @@
 //! What the load generators send to Sluice, shared by `benches/checks.rs` and
 //! `examples/flood.rs` (each includes this file with `#[path]`): a `ShouldRateLimit` request of
-//! one (tenant, method, path) descriptor, and policies through the admin API.
+//! one (tenant, method, path) descriptor, a platform admin's token, and policies through the
+//! admin API.
 
 use sluice::proto::{
     envoy::{
@@ -9,6 +10,9 @@ use sluice::proto::{
     },
     sluice::admin::v1::{self as pb, policy_service_client::PolicyServiceClient},
 };
+use std::time::Duration;
+
+use sluice::admin::auth::{MintError, PLATFORM_ADMIN_ROLE, mint_hs256};
 use tonic::{Request, Status, transport::Channel};
 
 /// A request in `domain` with one descriptor: `tenant_id`, `method` and `path` entries.
@@ -34,6 +38,16 @@ pub fn descriptor_request(
         }],
         hits_addend: 0,
     }
+}
+
+/// A platform admin's token for an hour, signed with the server's HS256 secret.
+pub fn admin_token(hs256_secret: &str) -> Result<String, MintError> {
+    mint_hs256(
+        hs256_secret.as_bytes(),
+        None,
+        &[PLATFORM_ADMIN_ROLE.to_owned()],
+        Duration::from_secs(3600),
+    )
 }
 
 /// One policy to create: tenant, endpoint pattern, max requests, window seconds, burst limit.
