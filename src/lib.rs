@@ -13,8 +13,8 @@
 //! 3. [`ratelimit::over_limit_cache`] — certain denials answered from memory.
 //! 4. [`ratelimit::counter`] — the [`ratelimit::counter::SlidingWindowCounter`]: one atomic Lua
 //!    call per tenant in Redis (or the in-process twin), all under one deadline that the script
-//!    itself enforces on Redis's clock, behind the [`ratelimit::breaker`]; failures answer per
-//!    `SLUICE_FAILURE_MODE`.
+//!    itself enforces on Redis's clock, behind the [`ratelimit::breaker`] of the shard that holds
+//!    the tenant (one per Redis Cluster primary); failures answer per `SLUICE_FAILURE_MODE`.
 //! 5. Back in the service: one status per descriptor, `overall_code` never UNKNOWN.
 //!
 //! Nothing on this path imports the admin path or sqlx.

@@ -189,7 +189,7 @@ pub struct Metrics {
     /// `sluice_redis_errors_total`: counter steps Redis failed or did not answer by the deadline
     /// (reasons `redis_error` and `timeout`; never an open breaker or a busy Sluice).
     pub redis_errors: IntCounter,
-    /// `sluice_circuit_open`: 1 while the breaker answers without Redis.
+    /// `sluice_circuit_open`: the breakers open now (one per Redis Cluster primary, else one).
     pub circuit_open: IntGauge,
     /// `sluice_circuit_transitions_total{to}`: the breaker opening, letting a probe through
     /// (`half_open`) and closing again.
@@ -403,7 +403,7 @@ impl Metrics {
         .expect("valid metric");
         let circuit_open = IntGauge::new(
             "sluice_circuit_open",
-            "1 while the circuit breaker answers without calling Redis",
+            "Circuit breakers open (answering without calling Redis): 0 or 1 for one Redis server, up to one per primary on Redis Cluster",
         )
         .expect("valid metric");
         let policies = IntGauge::new(

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use sluice::ratelimit::counter::{
-    CounterCheck, CounterError, CounterVerdict, InMemoryCounter, RedisCounter, SlidingWindowCounter,
+    CounterCheck, CounterError, CounterVerdict, InMemoryCounter, RedisCounter, Shard,
+    SlidingWindowCounter,
 };
 
 const TENANT: &str = "acme";
@@ -982,6 +983,43 @@ mod redis {
             (1..=6).contains(&calls),
             "160 requests of 8 tenants took {calls} script calls"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_maps_to_the_primary_that_holds_its_slot() {
+        let cluster = support::OwnedRedisCluster::start().await;
+        let counter = RedisCounter::connect(&cluster.url, None, 2, unique_prefix())
+            .await
+            .expect("connect to the owned cluster");
+        let mut nodes = std::collections::BTreeSet::new();
+        for i in 0..24 {
+            let tenant = format!("tenant-{i}");
+            let port = cluster
+                .primary_of_slot(cluster.slot_of(&tenant))
+                .expect("a primary");
+            let started = Instant::now();
+            let shard = loop {
+                // The client's view of the cluster is read a moment after it connected.
+                match counter.shard_of(&tenant) {
+                    Shard::Whole if started.elapsed() < Duration::from_secs(5) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    shard => break shard,
+                }
+            };
+            assert_eq!(
+                shard,
+                Shard::Node(format!("127.0.0.1:{port}").into()),
+                "{tenant}"
+            );
+            nodes.insert(port);
+        }
+        assert_eq!(nodes.len(), 3, "24 tenants spread over every primary");
+        let standalone =
+            RedisCounter::connect(&support::redis_url().await, None, 1, unique_prefix())
+                .await
+                .expect("connect to the shared Redis");
+        assert_eq!(standalone.shard_of("tenant-0"), Shard::Whole);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,11 @@
-//! The circuit breaker in front of the counter store: after [`FAILURES_TO_OPEN`] consecutive
-//! failures it opens, and checks answer at once (per `SLUICE_FAILURE_MODE`) without waiting on
-//! Redis; every [`PROBE_EVERY`] one check is let through as a probe, and its success closes the
-//! breaker. Lock-free: a handful of atomics read on every check.
+//! The circuit breakers in front of the counter store: one per [`Shard`] — the whole store, or on
+//! Redis Cluster one per primary, so one node's outage answers only the tenants whose slots it
+//! holds without waiting, and every other tenant keeps being counted ([`Breakers`]).
+//!
+//! Each [`CircuitBreaker`]: after [`FAILURES_TO_OPEN`] consecutive failures it opens, and checks
+//! answer at once (per `SLUICE_FAILURE_MODE`) without waiting on Redis; every [`PROBE_EVERY`] one
+//! check is let through as a probe, and its success closes the breaker. Lock-free: a handful of
+//! atomics read on every check. `sluice_circuit_open` counts the open ones.
 //!
 //! The probe is a [`ProbeSlot`] carrying its own id: only that probe's completion (success,
 //! failure, or its RPC being cancelled) frees the slot. Calls that were already in flight when the
@@ -9,14 +13,17 @@
 //! next probe.
 
 use std::{
+    ops::Deref,
     sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
+
+use super::counter::Shard;
 
 /// Consecutive failures that open the breaker.
 pub const FAILURES_TO_OPEN: u32 = 5;
@@ -53,7 +60,17 @@ pub struct CircuitBreaker {
     probe: AtomicU64,
     /// The last probe id handed out.
     last_probe_id: AtomicU64,
+    /// What it guards, for the log: `redis` (the whole store) or a cluster primary's address.
+    scope: Arc<str>,
+    /// `sluice_circuit_open`: the number of open breakers.
     gauge: IntGauge,
+    /// Whether this breaker is counted in `gauge` (set when it opens, cleared when it closes or
+    /// is retired), so the gauge never counts one breaker twice or a retired one at all.
+    in_gauge: AtomicBool,
+    /// Set once a node breaker is dropped from [`Breakers`]; it no longer touches the gauge.
+    retired: AtomicBool,
+    /// When a check last asked it, for retiring the breakers of nodes that hold no slots now.
+    used_ms: AtomicU64,
     /// `sluice_circuit_transitions_total{to}`: opened, a probe let through, closed.
     opened: IntCounter,
     half_opened: IntCounter,
@@ -86,11 +103,16 @@ impl RecentCalls {
 }
 
 impl CircuitBreaker {
-    /// A closed breaker that mirrors its state into `gauge` and counts its state changes in
-    /// `transitions` (label `to`: `open`, `half_open`, `closed`).
+    /// A closed breaker that counts itself in `gauge` while open and counts its state changes
+    /// in `transitions` (label `to`: `open`, `half_open`, `closed`).
     pub fn new(gauge: IntGauge, transitions: &IntCounterVec) -> Self {
-        gauge.set(0);
+        Self::guarding(Arc::from("redis"), gauge, transitions)
+    }
+
+    /// Like [`CircuitBreaker::new`], naming what it guards in its log lines.
+    fn guarding(scope: Arc<str>, gauge: IntGauge, transitions: &IntCounterVec) -> Self {
         Self {
+            scope,
             opened: transitions.with_label_values(&["open"]),
             half_opened: transitions.with_label_values(&["half_open"]),
             closed: transitions.with_label_values(&["closed"]),
@@ -100,7 +122,24 @@ impl CircuitBreaker {
             probe: AtomicU64::new(NO_PROBE),
             last_probe_id: AtomicU64::new(NO_PROBE),
             gauge,
+            in_gauge: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            used_ms: AtomicU64::new(0),
             recent_failed_calls: RecentCalls::default(),
+        }
+    }
+
+    /// Counts this breaker in the gauge (it opened), once.
+    fn enter_gauge(&self) {
+        if !self.retired.load(Ordering::Relaxed) && !self.in_gauge.swap(true, Ordering::Relaxed) {
+            self.gauge.inc();
+        }
+    }
+
+    /// Stops counting it (it closed, or was retired), once.
+    fn leave_gauge(&self) {
+        if self.in_gauge.swap(false, Ordering::Relaxed) {
+            self.gauge.dec();
         }
     }
 
@@ -141,9 +180,9 @@ impl CircuitBreaker {
     pub fn record_success(&self, probe: Option<ProbeSlot<'_>>) {
         if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
             self.closed.inc();
-            tracing::info!("counter store answered again: circuit breaker closed");
+            tracing::info!(store = %self.scope, "counter store answered again: circuit breaker closed");
         }
-        self.gauge.set(0);
+        self.leave_gauge();
         drop(probe);
     }
 
@@ -178,12 +217,117 @@ impl CircuitBreaker {
                 self.opened.inc();
                 tracing::warn!(
                     failures,
+                    store = %self.scope,
                     "counter store keeps failing: circuit breaker open, answering without it"
                 );
             }
-            self.gauge.set(1);
+            self.enter_gauge();
         }
         drop(probe);
+    }
+}
+
+/// How long a node's breaker may go unasked before it is dropped: its node no longer holds any
+/// slot (a failed primary replaced by its replica), and an open breaker of a node nobody uses must
+/// not keep `sluice_circuit_open` up.
+pub const RETIRE_UNUSED_AFTER: Duration = Duration::from_secs(30);
+
+/// One breaker per [`Shard`]: the whole store's, made at start, and one per Redis Cluster
+/// primary, made when a check first needs it.
+#[derive(Debug)]
+pub struct Breakers {
+    whole: CircuitBreaker,
+    nodes: papaya::HashMap<Arc<str>, Arc<CircuitBreaker>>,
+    started: Instant,
+    /// Milliseconds since `started` of the last sweep for unused node breakers.
+    swept_ms: AtomicU64,
+    gauge: IntGauge,
+    transitions: IntCounterVec,
+}
+
+/// A breaker of [`Breakers`], borrowed (the whole store's) or shared (a node's).
+#[derive(Debug)]
+pub enum BreakerRef<'a> {
+    Whole(&'a CircuitBreaker),
+    Node(Arc<CircuitBreaker>),
+}
+
+impl Deref for BreakerRef<'_> {
+    type Target = CircuitBreaker;
+
+    fn deref(&self) -> &CircuitBreaker {
+        match self {
+            BreakerRef::Whole(breaker) => breaker,
+            BreakerRef::Node(breaker) => breaker,
+        }
+    }
+}
+
+impl Breakers {
+    /// All closed; `gauge` (`sluice_circuit_open`) counts the open ones, `transitions` their
+    /// state changes.
+    pub fn new(gauge: IntGauge, transitions: IntCounterVec) -> Self {
+        gauge.set(0);
+        Self {
+            whole: CircuitBreaker::new(gauge.clone(), &transitions),
+            nodes: papaya::HashMap::new(),
+            started: Instant::now(),
+            swept_ms: AtomicU64::new(0),
+            gauge,
+            transitions,
+        }
+    }
+
+    /// The breaker of `shard`.
+    pub fn of(&self, shard: &Shard) -> BreakerRef<'_> {
+        let node = match shard {
+            Shard::Whole => return BreakerRef::Whole(&self.whole),
+            Shard::Node(node) => node,
+        };
+        let now = self.started.elapsed().as_millis() as u64;
+        self.sweep(now);
+        let nodes = self.nodes.pin();
+        let breaker = match nodes.get(node) {
+            Some(breaker) => Arc::clone(breaker),
+            None => Arc::clone(nodes.get_or_insert_with(Arc::clone(node), || {
+                Arc::new(CircuitBreaker::guarding(
+                    Arc::clone(node),
+                    self.gauge.clone(),
+                    &self.transitions,
+                ))
+            })),
+        };
+        breaker.used_ms.store(now, Ordering::Relaxed);
+        BreakerRef::Node(breaker)
+    }
+
+    /// At most once per [`RETIRE_UNUSED_AFTER`], drops the node breakers no check asked for
+    /// that long, and takes them out of the gauge.
+    fn sweep(&self, now: u64) {
+        let last = self.swept_ms.load(Ordering::Relaxed);
+        let every = RETIRE_UNUSED_AFTER.as_millis() as u64;
+        if now.saturating_sub(last) < every
+            || self
+                .swept_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.nodes.pin().retain(|node, breaker| {
+            let unused = now.saturating_sub(breaker.used_ms.load(Ordering::Relaxed)) >= every;
+            if unused {
+                breaker.retired.store(true, Ordering::Relaxed);
+                breaker.leave_gauge();
+                tracing::info!(node = %node, "Redis node holds no slot we use now: its circuit breaker is dropped");
+            }
+            !unused
+        });
+    }
+
+    /// Whether any breaker is open (for tests).
+    pub fn any_open(&self) -> bool {
+        self.whole.is_open() || self.nodes.pin().values().any(|b| b.is_open())
     }
 }
 
@@ -257,6 +401,47 @@ mod tests {
             IntGauge::new("test_circuit_open", "test").unwrap(),
             &IntCounterVec::new(Opts::new("test_transitions", "test"), &["to"]).unwrap(),
         )
+    }
+
+    fn breakers() -> Breakers {
+        Breakers::new(
+            IntGauge::new("test_circuit_open", "test").unwrap(),
+            IntCounterVec::new(Opts::new("test_transitions", "test"), &["to"]).unwrap(),
+        )
+    }
+
+    fn node(name: &str) -> Shard {
+        Shard::Node(Arc::from(name))
+    }
+
+    #[test]
+    fn each_cluster_primary_has_its_own_breaker_and_the_gauge_counts_the_open_ones() {
+        let all = breakers();
+        open(&all.of(&node("a:1")));
+        assert!(all.of(&node("a:1")).is_open());
+        assert!(is_call(&all.of(&node("b:2")).admit()));
+        assert!(is_call(&all.of(&Shard::Whole).admit()));
+        assert_eq!(all.gauge.get(), 1);
+        open(&all.of(&node("b:2")));
+        open(&all.of(&node("b:2")));
+        assert_eq!(all.gauge.get(), 2, "one breaker opening twice counts once");
+        all.of(&node("a:1")).record_success(None);
+        assert_eq!(all.gauge.get(), 1);
+        assert!(all.any_open());
+    }
+
+    #[test]
+    fn a_node_breaker_nobody_asks_for_is_retired_and_leaves_the_gauge() {
+        let all = breakers();
+        open(&all.of(&node("gone:1")));
+        assert_eq!(all.gauge.get(), 1);
+        // Its node stopped holding slots: no check asks for it during a whole sweep period.
+        let later = RETIRE_UNUSED_AFTER.as_millis() as u64 * 2;
+        all.sweep(later);
+        assert_eq!(all.gauge.get(), 0);
+        assert!(!all.any_open());
+        // A node asked for again gets a fresh, closed breaker.
+        assert!(is_call(&all.of(&node("gone:1")).admit()));
     }
 
     fn open(b: &CircuitBreaker) {

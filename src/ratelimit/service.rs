@@ -4,8 +4,10 @@
 //! 2. plan: each descriptor's policy from the in-memory snapshot ([`super::snapshot`], no await,
 //!    no lock) or its own override, and its counter key ([`super::keys`]);
 //! 3. deny up front: the over-limit cache ([`super::over_limit_cache`]) and costs no limit allows;
-//! 4. the counter step: one call per tenant, all under one deadline ([`super::counter`], guarded
-//!    by [`super::breaker`]), giving `CounterStep::Counted` or `CounterStep::FailedOpen`;
+//! 4. the counter step: one call per tenant, all under one deadline ([`super::counter`]), each
+//!    guarded by the breaker of the part of the store that holds the tenant's keys
+//!    ([`super::breaker`]: one per Redis Cluster primary), giving `CounterStep::Counted` or
+//!    `CounterStep::FailedOpen`;
 //! 5. respond: one status per descriptor and the decision metrics.
 //!
 //! Failures of the counter step answer per `SLUICE_FAILURE_MODE`, each with its
@@ -21,11 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
 
 use super::{
-    breaker::{Admission, CircuitBreaker, RateLimitedWarning},
+    breaker::{Admission, Breakers, RateLimitedWarning},
     counter::{CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter},
     keys,
     over_limit_cache::{CounterId, OverLimitCache},
@@ -58,7 +60,8 @@ pub struct RateLimiter {
     /// The whole counter step's deadline (RATE_LIMIT_REDIS_TIMEOUT_MS).
     pub(super) deadline: Duration,
     failure_mode: FailureMode,
-    breaker: CircuitBreaker,
+    /// One per part of the store that fails as one (see [`SlidingWindowCounter::shard_of`]).
+    breakers: Breakers,
     metrics: Metrics,
     failure_warning: RateLimitedWarning,
     shadow_notice: RateLimitedWarning,
@@ -80,9 +83,9 @@ impl RateLimiter {
         metrics: Metrics,
     ) -> Self {
         Self {
-            breaker: CircuitBreaker::new(
+            breakers: Breakers::new(
                 metrics.circuit_open.clone(),
-                &metrics.circuit_transitions,
+                metrics.circuit_transitions.clone(),
             ),
             snapshot,
             counter,
@@ -601,70 +604,84 @@ impl RateLimiter {
         }
     }
 
-    /// The counter step for every tenant group: all at once, under one deadline, behind the
-    /// breaker; with `read_only`, every check counts 0 hits.
+    /// The counter step for every tenant group: all at once, under one deadline, each behind
+    /// the breaker of the shard that holds its tenant's keys; with `read_only`, every check
+    /// counts 0 hits. The request fails (per the failure mode) when any group failed.
     async fn count(
         &self,
         plans: &[Option<Plan<'_>>],
         groups: &[(&str, Vec<usize>)],
         read_only: bool,
     ) -> Result<CounterStep, Status> {
-        // The probe's slot is handed back with the outcome; if this RPC is cancelled while
-        // probing, dropping it frees the slot.
-        let probe = match self.breaker.admit() {
-            Admission::Call => None,
-            Admission::Probe(slot) => Some(slot),
-            Admission::Reject => return self.fail(FailureReason::BreakerOpen, None),
-        };
-        let checks: Vec<Vec<CounterCheck<'_>>> = groups
-            .iter()
-            .map(|(_, members)| {
-                members
-                    .iter()
-                    .filter_map(|i| plans[*i].as_ref().map(|plan| plan.check(read_only)))
-                    .collect()
-            })
-            .collect();
         // One instant for every call: a call that reaches Redis after it records nothing. The
         // counter answers by it itself (telling a check still queued from one sent); this
         // timeout only backs up a counter that would not.
         let deadline = tokio::time::Instant::now() + self.deadline;
-        let step = try_join_all(
-            groups
+        let outcomes = join_all(groups.iter().map(|(tenant, members)| {
+            let checks: Vec<CounterCheck<'_>> = members
                 .iter()
-                .zip(&checks)
-                .map(|((tenant, _), checks)| self.counter.check(tenant, checks, deadline)),
-        );
-        match tokio::time::timeout_at(deadline, step).await {
+                .filter_map(|i| plans[*i].as_ref().map(|plan| plan.check(read_only)))
+                .collect();
+            self.count_group(tenant, checks, deadline)
+        }))
+        .await;
+        let mut counted = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            match outcome {
+                Ok(verdicts) => counted.push(verdicts),
+                Err((reason, err)) => return self.fail(reason, err.as_ref()),
+            }
+        }
+        Ok(CounterStep::Counted(counted))
+    }
+
+    /// One tenant's call behind its shard's breaker. Only a call actually sent that failed or
+    /// missed the deadline counts against the breaker.
+    async fn count_group(
+        &self,
+        tenant: &str,
+        checks: Vec<CounterCheck<'_>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<CounterVerdict>, (FailureReason, Option<CounterError>)> {
+        let breaker = self.breakers.of(&self.counter.shard_of(tenant));
+        // The probe's slot is handed back with the outcome; if this RPC is cancelled while
+        // probing, dropping it frees the slot.
+        let probe = match breaker.admit() {
+            Admission::Call => None,
+            Admission::Probe(slot) => Some(slot),
+            Admission::Reject => return Err((FailureReason::BreakerOpen, None)),
+        };
+        let call = self.counter.check(tenant, &checks, deadline);
+        match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(verdicts)) => {
-                self.breaker.record_success(probe);
-                Ok(CounterStep::Counted(verdicts))
+                breaker.record_success(probe);
+                Ok(verdicts)
             }
             // A full in-process counter is working as configured: the call fails per the failure
             // mode, but the breaker must not open for every tenant because of one flood of keys.
             Ok(Err(err @ CounterError::Full(_))) => {
-                self.breaker.record_success(probe);
-                self.fail(FailureReason::Overloaded, Some(&err))
+                breaker.record_success(probe);
+                Err((FailureReason::Overloaded, Some(err)))
             }
             // Never sent, so it says nothing about Redis: the breaker neither opens nor closes
             // (a probe that was not sent only frees its slot).
             Ok(Err(err @ CounterError::Overloaded)) => {
                 drop(probe);
-                self.fail(FailureReason::Overloaded, Some(&err))
+                Err((FailureReason::Overloaded, Some(err)))
             }
             Ok(Err(err)) => {
                 // Many requests may share one failed script call: the breaker counts the call.
                 let (call, cause) = err.call_and_cause();
-                self.breaker.record_call_failure(call, probe);
+                breaker.record_call_failure(call, probe);
                 let reason = match cause {
                     CounterError::Timeout(_) | CounterError::Late => FailureReason::Timeout,
                     _ => FailureReason::RedisError,
                 };
-                self.fail(reason, Some(&err))
+                Err((reason, Some(err)))
             }
             Err(_) => {
-                self.breaker.record_failure(probe);
-                self.fail(FailureReason::Timeout, None)
+                breaker.record_failure(probe);
+                Err((FailureReason::Timeout, None))
             }
         }
     }

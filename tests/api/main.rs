@@ -10,13 +10,15 @@
 //! (`ShouldRateLimit` against real Redis: every rule of SPEC §3, two instances, propagation,
 //! failure modes), [`explain`] (`ExplainRateLimit`: the deciding policy, the counter, scoping),
 //! [`status_page`] (`GET /` on Redis-backed traffic, over plain HTTP and in
-//! headless Chromium).
+//! headless Chromium), [`failover`] (a Redis Cluster primary killed or frozen under load: only its
+//! own tenants fail open, until its replica takes over).
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod auth;
 mod explain;
+mod failover;
 mod grpcurl;
 mod helpers;
 mod lifecycle;

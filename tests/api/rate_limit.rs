@@ -51,7 +51,7 @@ fn rls(app: &TestApp) -> RateLimitServiceClient<Channel> {
     RateLimitServiceClient::new(app.channel.clone())
 }
 
-fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
+pub(crate) fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
     pairs
         .iter()
         .map(|(k, v)| Entry {
@@ -61,14 +61,14 @@ fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
         .collect()
 }
 
-fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
+pub(crate) fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
         entries: entries(pairs),
         ..Default::default()
     }
 }
 
-fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+pub(crate) fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
     RateLimitRequest {
         domain: "edge".into(),
         descriptors,

@@ -265,23 +265,38 @@ pub async fn redis_ping(url: &str, timeout: Duration) -> Result<(), String> {
         .map_err(|_| format!("no PONG from {url} within {timeout:?}"))?
 }
 
-/// A three-node Redis Cluster (no replicas) one test owns, on free ports, started from the
-/// installed `redis-server` and joined with `redis-cli --cluster create`.
+/// A Redis Cluster one test owns, on free ports, started from the installed `redis-server` and
+/// joined with `redis-cli --cluster create`: three primaries ([`OwnedRedisCluster::start`]), or
+/// primaries with replicas that take over when one fails
+/// ([`OwnedRedisCluster::start_with_replicas`]; node timeout 2 s).
 pub struct OwnedRedisCluster {
     /// `redis-cluster://` URL naming every node.
     pub url: String,
     pub ports: Vec<u16>,
-    nodes: Vec<ServerThread>,
+    /// One per port, in the same order; `None` once killed.
+    nodes: Vec<Option<ServerThread>>,
     /// The nodes' cluster state files (in the temp dir), removed on drop.
     config_files: Vec<PathBuf>,
+    /// Ports of frozen nodes, which the helpers do not ask (they would wait for a reply).
+    frozen: std::sync::Mutex<Vec<u16>>,
 }
 
 impl OwnedRedisCluster {
+    /// Three primaries, no replicas.
     pub async fn start() -> Self {
+        Self::start_nodes(3, 0).await
+    }
+
+    /// `primaries` primaries with one replica each, every replica in sync before this returns.
+    pub async fn start_with_replicas(primaries: usize) -> Self {
+        Self::start_nodes(primaries, 1).await
+    }
+
+    async fn start_nodes(primaries: usize, replicas: usize) -> Self {
         let mut nodes = Vec::new();
         let mut ports = Vec::new();
         let mut config_files = Vec::new();
-        while nodes.len() < 3 {
+        while nodes.len() < primaries * (1 + replicas) {
             let port = free_port();
             let config = format!(
                 "sluice-test-cluster-{port}-{}.conf",
@@ -295,9 +310,13 @@ impl OwnedRedisCluster {
                 config,
                 "--cluster-node-timeout".to_owned(),
                 "2000".to_owned(),
+                // What docs/scaling.md tells operators: a primary without a replica to take over
+                // must not stop the other primaries from answering for their own slots.
+                "--cluster-require-full-coverage".to_owned(),
+                "no".to_owned(),
             ];
             if let Ok(server) = spawn_redis_with(port, args).await {
-                nodes.push(server);
+                nodes.push(Some(server));
                 ports.push(port);
             }
         }
@@ -308,7 +327,7 @@ impl OwnedRedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli runs");
@@ -336,12 +355,148 @@ impl OwnedRedisCluster {
                 .collect::<Vec<_>>()
                 .join("&")
         );
-        Self {
+        let cluster = Self {
             url,
             ports,
             nodes,
             config_files,
+            frozen: std::sync::Mutex::default(),
+        };
+        // A replica that has not synced yet could not take over.
+        while cluster.primaries().len() != primaries
+            || !cluster.replicas_in_sync(primaries * replicas)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replicas never synced with their primaries"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
+        cluster
+    }
+
+    /// The cluster's view of itself (`CLUSTER NODES`), asked of the first node that answers:
+    /// one entry per live node.
+    fn nodes_view(&self) -> Vec<NodeView> {
+        let reply = self
+            .live_ports()
+            .into_iter()
+            .find_map(|port| raw_command(port, "CLUSTER NODES"))
+            .unwrap_or_default();
+        reply
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let address = fields.get(1)?;
+                let flags = fields.get(2)?;
+                if flags.contains("fail") || flags.contains("noaddr") {
+                    return None;
+                }
+                let port = address.split(['@', ':']).nth(1)?.parse().ok()?;
+                let ranges = fields
+                    .iter()
+                    .skip(8)
+                    .filter_map(|range| {
+                        let (start, end) = range.split_once('-').unwrap_or((range, range));
+                        Some((start.parse().ok()?, end.parse().ok()?))
+                    })
+                    .collect();
+                Some(NodeView {
+                    port,
+                    primary: flags.contains("master"),
+                    ranges,
+                })
+            })
+            .collect()
+    }
+
+    /// Ports of the live primaries that hold slots.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.nodes_view()
+            .into_iter()
+            .filter(|node| node.primary && !node.ranges.is_empty())
+            .map(|node| node.port)
+            .collect()
+    }
+
+    /// The port of the live primary that holds `slot`, as the cluster sees it now.
+    pub fn primary_of_slot(&self, slot: u16) -> Option<u16> {
+        self.nodes_view()
+            .into_iter()
+            .find(|node| {
+                node.primary
+                    && node
+                        .ranges
+                        .iter()
+                        .any(|(start, end)| (*start..=*end).contains(&slot))
+            })
+            .map(|node| node.port)
+    }
+
+    /// The hash slot of a key (or of a hash tag's content), as the cluster computes it.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let port = self.live_ports()[0];
+        let reply = raw_command(port, &format!("CLUSTER KEYSLOT {key}")).unwrap_or_default();
+        reply
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT {key} answered {reply:?}"))
+    }
+
+    fn replicas_in_sync(&self, expected: usize) -> bool {
+        let synced = self
+            .live_ports()
+            .into_iter()
+            .filter_map(|port| raw_command(port, "INFO replication"))
+            .filter(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+            .count();
+        synced >= expected
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        let frozen = self.frozen.lock().unwrap().clone();
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(port, node)| {
+                node.as_ref().is_some_and(ServerThread::is_running) && !frozen.contains(port)
+            })
+            .map(|(port, _)| *port)
+            .collect()
+    }
+
+    fn node(&self, port: u16) -> &ServerThread {
+        let index = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .unwrap_or_else(|| panic!("no node of this cluster on port {port}"));
+        self.nodes[index]
+            .as_ref()
+            .unwrap_or_else(|| panic!("the node on port {port} was killed"))
+    }
+
+    /// Kills the node on `port` with SIGKILL; its data is lost.
+    pub fn kill(&mut self, port: u16) {
+        let index = self.ports.iter().position(|p| *p == port).unwrap();
+        if let Some(mut node) = self.nodes[index].take() {
+            node.stop("KILL");
+        }
+    }
+
+    /// Freezes the node on `port` with SIGSTOP.
+    pub fn freeze(&self, port: u16) {
+        let pid = self.node(port).pid();
+        super::process::send_signal(pid, "STOP").unwrap_or_else(|e| panic!("{e}"));
+        self.frozen.lock().unwrap().push(port);
+    }
+
+    /// Resumes a frozen node with SIGCONT.
+    pub fn thaw(&self, port: u16) {
+        let pid = self.node(port).pid();
+        super::process::send_signal(pid, "CONT").unwrap_or_else(|e| panic!("{e}"));
+        self.frozen.lock().unwrap().retain(|p| *p != port);
     }
 
     /// Keys held by the node on `port`.
@@ -357,13 +512,22 @@ impl OwnedRedisCluster {
 
 impl Drop for OwnedRedisCluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut().flatten() {
+            // A frozen node gets the SIGKILL too.
             node.stop("KILL");
         }
         for file in &self.config_files {
             let _ = std::fs::remove_file(file);
         }
     }
+}
+
+/// One node as `CLUSTER NODES` describes it.
+struct NodeView {
+    port: u16,
+    primary: bool,
+    /// The slot ranges it holds, inclusive.
+    ranges: Vec<(u16, u16)>,
 }
 
 fn cluster_ok(port: u16) -> bool {

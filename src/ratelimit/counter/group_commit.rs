@@ -42,6 +42,7 @@ use crate::telemetry::RedisCallSeries;
 use super::{
     CounterError, CounterVerdict,
     batch::{Plan, RequestChecks},
+    cluster_nodes::ClusterNodes,
     redis::classify,
     redis_clock::RedisClock,
 };
@@ -155,6 +156,9 @@ impl SlotQueue {
 /// The queues and the batch call of one [`super::RedisCounter`].
 pub(super) struct GroupCommit {
     pool: Pool,
+    /// Redis Cluster: a pool per primary, chosen by slot, so one failing node stalls only the
+    /// calls for its own slots.
+    nodes: Option<Arc<ClusterNodes>>,
     /// Holds the Lua source and its SHA-1, so `NOSCRIPT` (after a restart or failover) reloads it.
     script: Script,
     /// Where a request's deadline falls on Redis's clock, so a late one records nothing.
@@ -172,12 +176,13 @@ pub(super) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(super) fn new(pool: Pool, script: Script) -> Self {
+    pub(super) fn new(pool: Pool, script: Script, nodes: Option<Arc<ClusterNodes>>) -> Self {
         let clustered = pool.next().is_clustered();
         let queues = if clustered { CLUSTER_SLOTS } else { 1 };
         Self {
             max_in_flight: pool.size().max(1),
             pool,
+            nodes,
             script,
             clock: RedisClock::new(clustered),
             clustered,
@@ -297,10 +302,22 @@ impl GroupCommit {
         let mut plan = Plan::new(batch.iter().map(|request| &request.checks));
         let (keys, args) = plan.take_call();
         let sent = Instant::now();
-        let reply: Result<Vec<Value>, Error> = self
-            .script
-            .evalsha_with_reload(self.pool.next_connected(), keys, args)
-            .await;
+        let reply: Result<Vec<Value>, Error> = match &self.nodes {
+            Some(nodes) => {
+                let client = nodes.client_for(slot);
+                let reply = self.script.evalsha_with_reload(&client, keys, args).await;
+                if reply.as_ref().is_err_and(is_redirection) {
+                    // The slot moved (a failover, a resharding): nothing ran; learn where it went.
+                    nodes.refresh_soon();
+                }
+                reply
+            }
+            None => {
+                self.script
+                    .evalsha_with_reload(self.pool.next_connected(), keys, args)
+                    .await
+            }
+        };
         let received = Instant::now();
         if let Some(series) = self.calls.get() {
             series
@@ -330,6 +347,16 @@ impl GroupCommit {
             let _ = request.reply.send(outcome);
         }
     }
+}
+
+/// Whether Redis Cluster refused a call because its slot is not (or not only) on the node asked:
+/// `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`. The script did not run.
+fn is_redirection(error: &Error) -> bool {
+    let details = error.details();
+    ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"]
+        .iter()
+        .any(|code| details.starts_with(code))
+        || *error.kind() == ErrorKind::Cluster
 }
 
 /// The requests of call number `call` from the front of the queue, within the bounds, skipping

@@ -1,7 +1,8 @@
 //! The counter step of the hot path: an exact sliding-window counter behind one trait,
 //! [`SlidingWindowCounter`], with two implementations that decide identically —
 //! [`RedisCounter`] (one atomic Lua script, shared by every Sluice instance, with concurrent
-//! checks batched into one script call by `group_commit`) and
+//! checks batched into one script call by `group_commit`; on Redis Cluster each call goes to the
+//! primary holding its slot over a pool of its own, `cluster_nodes`) and
 //! [`InMemoryCounter`] (one process, no Redis).
 //!
 //! # Semantics
@@ -27,6 +28,7 @@
 //! its caller gave up.
 
 mod batch;
+mod cluster_nodes;
 mod group_commit;
 mod memory;
 mod redis;
@@ -36,6 +38,8 @@ pub use memory::InMemoryCounter;
 pub use redis::{
     DEFAULT_COMMAND_TIMEOUT, FirstConnect, RedisCounter, RedisHealth, RedisStartError, RedisState,
 };
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -136,8 +140,26 @@ impl CounterError {
 }
 
 /// Exact sliding-window rate counting, decided atomically per tenant per request.
+/// Where a tenant's counters live, as far as failures go (see
+/// [`SlidingWindowCounter::shard_of`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Shard {
+    /// A store that fails as a whole: one Redis server (with Sentinel, whichever is primary) or
+    /// the in-process counter.
+    Whole,
+    /// The Redis Cluster primary (`host:port`) that holds the tenant's hash slot: when it fails,
+    /// only the tenants whose slots it holds are affected.
+    Node(Arc<str>),
+}
+
 #[async_trait]
 pub trait SlidingWindowCounter: Send + Sync + 'static {
+    /// The part of the store that holds `tenant`'s counters: the unit that fails as one, and
+    /// so the scope of a circuit breaker. The whole store unless it is split over nodes.
+    fn shard_of(&self, _tenant: &str) -> Shard {
+        Shard::Whole
+    }
+
     /// All of one tenant's descriptors of one request, decided in one atomic step. Returns one
     /// verdict per check, in order. Nothing is recorded once `deadline` has passed (see the
     /// module doc).

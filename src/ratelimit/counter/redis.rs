@@ -42,8 +42,8 @@ use prometheus::IntGauge;
 use tokio::time::Instant;
 
 use super::{
-    CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter, batch::LIMITS_PER_CHECK,
-    group_commit::GroupCommit, validate,
+    CounterCheck, CounterError, CounterVerdict, Shard, SlidingWindowCounter,
+    batch::LIMITS_PER_CHECK, cluster_nodes::ClusterNodes, group_commit::GroupCommit, validate,
 };
 
 /// The sliding-window script; its header documents KEYS, ARGV and the reply.
@@ -97,6 +97,9 @@ pub struct RedisCounter {
     /// [`RedisCounter::start`] spawns, which ends once the counter and every handle from
     /// [`RedisCounter::health`] are dropped.
     health: Arc<RedisHealth>,
+    /// On Redis Cluster: which primary holds each slot, and a pool to each primary
+    /// (see [`SlidingWindowCounter::shard_of`]).
+    nodes: Option<Arc<ClusterNodes>>,
 }
 
 impl RedisCounter {
@@ -106,11 +109,14 @@ impl RedisCounter {
         let key_prefix = checked_prefix(key_prefix.into())?;
         // Nobody watches a pool the caller built: its health is what it was when handed over.
         let connected = pool.clients().iter().any(|client| client.is_connected());
+        let nodes = cluster_nodes(&pool);
         Ok(Self {
             group: Arc::new(GroupCommit::new(
                 pool.clone(),
                 Script::from_lua(SLIDING_WINDOW_LUA),
+                nodes.clone(),
             )),
+            nodes,
             pool,
             key_prefix,
             health: Arc::new(RedisHealth::new(if connected {
@@ -224,8 +230,10 @@ impl RedisCounter {
             script.clone(),
             Arc::downgrade(&health),
         ));
+        let nodes = cluster_nodes(&pool);
         let counter = Self {
-            group: Arc::new(GroupCommit::new(pool.clone(), script)),
+            group: Arc::new(GroupCommit::new(pool.clone(), script, nodes.clone())),
+            nodes,
             pool,
             key_prefix,
             health,
@@ -254,6 +262,9 @@ impl RedisCounter {
         let mut performance = self.pool.perf_config();
         performance.default_command_timeout = timeout;
         self.pool.update_perf_config(performance);
+        if let Some(nodes) = &self.nodes {
+            nodes.set_command_timeout(timeout);
+        }
     }
 
     /// The Redis key of one counter.
@@ -274,6 +285,14 @@ impl fmt::Debug for RedisCounter {
 
 #[async_trait]
 impl SlidingWindowCounter for RedisCounter {
+    /// On Redis Cluster, the primary holding the tenant's slot; else the whole store.
+    fn shard_of(&self, tenant: &str) -> Shard {
+        match &self.nodes {
+            Some(nodes) => nodes.shard_of(tenant),
+            None => Shard::Whole,
+        }
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(tenant = tenant, checks = checks.len()))]
     async fn check(
         &self,
@@ -304,6 +323,14 @@ impl SlidingWindowCounter for RedisCounter {
         }
         self.group.check(slot, keys, limits, deadline).await
     }
+}
+
+/// On Redis Cluster, the per-primary pools and their topology (see `cluster_nodes`).
+fn cluster_nodes(pool: &Pool) -> Option<Arc<ClusterNodes>> {
+    let client = pool.next();
+    client
+        .is_clustered()
+        .then(|| ClusterNodes::start(pool.clone(), client.perf_config().default_command_timeout))
 }
 
 /// A key prefix with a brace would move the Redis Cluster hash tag off the tenant.
