@@ -1,7 +1,9 @@
 //! The sliding-window counter contract: every case in `cases` runs against both implementations,
-//! `RedisCounter` (in `mod redis`, each test under its own key prefix) and `InMemoryCounter` (in
-//! `mod memory`), so the two cannot drift apart. Redis-only facts (one member per call, key
-//! layout, expiry, connection errors) follow in `mod redis`.
+//! `RedisCounter` (in `mod redis`, each test under its own key prefix; and in
+//! `mod replicated_cluster`, on a Redis Cluster of three primaries with a replica each, the cases
+//! spread over every primary) and `InMemoryCounter` (in `mod memory`), so they cannot drift apart.
+//! Redis-only facts (one member per call, key layout, expiry, connection errors) follow in
+//! `mod redis`.
 
 use std::sync::Arc;
 
@@ -526,6 +528,63 @@ mod cases {
 
 mod memory {
     all_cases!(crate::memory_counter);
+}
+
+mod replicated_cluster {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use sluice::ratelimit::counter::CounterError;
+    use tokio::sync::OnceCell;
+
+    use super::*;
+
+    /// One cluster for every case of this module: three primaries, a replica each.
+    static CLUSTER: OnceCell<support::OwnedRedisCluster> = OnceCell::const_new();
+    /// Which primary the next case counts on.
+    static NEXT_PRIMARY: AtomicUsize = AtomicUsize::new(0);
+
+    /// The cases count for [`TENANT`]; this counter counts them for another tenant, chosen to
+    /// live on a given primary, so that every primary runs its share of the contract.
+    struct OnPrimary {
+        counter: RedisCounter,
+        tenant: String,
+    }
+
+    #[async_trait]
+    impl SlidingWindowCounter for OnPrimary {
+        async fn check(
+            &self,
+            tenant: &str,
+            checks: &[CounterCheck<'_>],
+            deadline: tokio::time::Instant,
+        ) -> Result<Vec<CounterVerdict>, CounterError> {
+            let tenant = if tenant == TENANT {
+                &self.tenant
+            } else {
+                tenant
+            };
+            self.counter.check(tenant, checks, deadline).await
+        }
+    }
+
+    pub(crate) async fn counter() -> Arc<dyn SlidingWindowCounter> {
+        let cluster = CLUSTER
+            .get_or_init(|| support::OwnedRedisCluster::start_with_replicas(3))
+            .await;
+        let primaries = cluster.primaries();
+        let primary = primaries[NEXT_PRIMARY.fetch_add(1, Ordering::Relaxed) % primaries.len()];
+        let tenant = (0..)
+            .map(|i| format!("{TENANT}-{i}"))
+            .find(|t| cluster.primary_of_slot(cluster.slot_of(t)) == Some(primary))
+            .expect("some tenant lives on every primary");
+        let counter = RedisCounter::connect(&cluster.url, None, 2, unique_prefix())
+            .await
+            .expect("connect to the replicated cluster");
+        Arc::new(OnPrimary { counter, tenant })
+    }
+
+    all_cases!(crate::replicated_cluster::counter);
 }
 
 mod redis {
