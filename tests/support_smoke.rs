@@ -198,3 +198,72 @@ fn grpcurl_and_envoy_resolve_to_runnable_binaries() {
         String::from_utf8_lossy(&envoy.stdout)
     );
 }
+
+/// Whether the process with `pid` (a host pid: containers share the host's process namespace)
+/// runs in a Docker container, by its cgroup.
+fn runs_in_a_container(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_else(|e| panic!("cannot read the cgroup of the server process {pid}: {e}"))
+        .contains("docker")
+}
+
+#[tokio::test]
+async fn the_shared_servers_come_from_where_the_documented_order_says() {
+    // Arrange: where each server should come from (support/mod.rs)
+    let expected = |url_variable: &str| match std::env::var(url_variable) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => None,
+    };
+    let given_redis = expected("SLUICE_TEST_REDIS_URL");
+    let given_postgres = expected("SLUICE_TEST_DATABASE_URL");
+    let containers = support::use_containers();
+
+    // Act
+    let redis_url = support::redis_url().await;
+    let postgres_url = support::postgres_admin_url().await;
+
+    // Assert: a given URL is used as given; otherwise a container exactly when an engine answers
+    match given_redis {
+        Some(url) => assert_eq!(redis_url, url),
+        None => {
+            let client = Builder::from_config(Config::from_url(&redis_url).unwrap())
+                .build()
+                .unwrap();
+            client.init().await.expect("connect to the shared Redis");
+            let info: String = client
+                .info(Some(fred::types::InfoKind::Server))
+                .await
+                .unwrap();
+            let pid: u32 = info
+                .lines()
+                .find_map(|line| line.strip_prefix("process_id:"))
+                .and_then(|pid| pid.trim().parse().ok())
+                .expect("INFO server names its process_id");
+            assert_eq!(
+                runs_in_a_container(pid),
+                containers,
+                "redis-server pid {pid}"
+            );
+            client.quit().await.unwrap();
+        }
+    }
+    match given_postgres {
+        Some(url) => assert_eq!(postgres_url, url),
+        None => {
+            let mut admin = PgConnection::connect(&postgres_url).await.expect("connect");
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            assert_eq!(
+                runs_in_a_container(pid as u32),
+                containers,
+                "postgres backend pid {pid}"
+            );
+        }
+    }
+    // CI's container pass says it expects containers, so a broken engine check cannot hide.
+    if std::env::var("SLUICE_TEST_EXPECT_CONTAINERS").as_deref() == Ok("1") {
+        assert!(containers, "a Docker engine was expected to answer");
+    }
+}

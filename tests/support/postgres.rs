@@ -1,13 +1,15 @@
-//! PostgreSQL for integration tests: the admin URL (given, or a private server started from the
-//! installed binaries) and one fresh database per test, dropped when the test is done.
+//! PostgreSQL for integration tests: the admin URL (given, a container, or a private server started
+//! from the installed binaries) and one fresh database per test, dropped when the test is done.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use testcontainers::{ContainerAsync, GenericImage};
 use tokio::sync::OnceCell;
 
+use super::containers;
 use super::process::{
     ServerThread, find_on_path, free_port, guarded_command, is_executable, pid_alive,
     running_as_root, user_ids,
@@ -26,13 +28,71 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// the process exits and its parent-death signal stops it.
 static SHARED_SERVER: OnceCell<PrivatePostgres> = OnceCell::const_new();
 
-/// Admin URL of a PostgreSQL server: `$SLUICE_TEST_DATABASE_URL` if set, else a private server this
-/// test process starts (shared by all tests of the binary).
+/// A container of the shared server, when a Docker engine answers; never dropped (the container
+/// stops itself when this process exits, see `containers`).
+static SHARED_CONTAINER: OnceCell<ContainerPostgres> = OnceCell::const_new();
+
+struct ContainerPostgres {
+    url: String,
+    _container: ContainerAsync<GenericImage>,
+}
+
+/// PostgreSQL in a container on a free port (the image's own entrypoint runs `initdb`, trust
+/// authentication for `postgres`), accepting connections.
+async fn start_container() -> ContainerPostgres {
+    let image = containers::postgres_image();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let port = free_port();
+        let command = format!(
+            "docker-entrypoint.sh postgres -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
+        );
+        let container =
+            containers::start(&image, &command, &[("POSTGRES_HOST_AUTH_METHOD", "trust")])
+                .await
+                .unwrap_or_else(|message| panic!("{message}"));
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        while Instant::now() < deadline {
+            // The entrypoint starts a temporary server for initdb first; only the final one
+            // listens on 127.0.0.1.
+            if let Ok(mut connection) = PgConnection::connect(&url).await
+                && sqlx::query("SELECT 1")
+                    .execute(&mut connection)
+                    .await
+                    .is_ok()
+            {
+                return ContainerPostgres {
+                    url,
+                    _container: container,
+                };
+            }
+            if !container.is_running().await.unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL in a container of {image} never accepted connections"
+        );
+    }
+}
+
+/// Admin URL of a PostgreSQL server, in this order: `$SLUICE_TEST_DATABASE_URL` if set; else a
+/// container this test process starts when a Docker engine answers (`containers`); else a private
+/// server from the installed binaries. The server is shared by all tests of the binary.
 ///
 /// Panics, saying what to install, when there is neither a URL nor PostgreSQL's binaries.
 pub async fn postgres_admin_url() -> String {
     if let Some(url) = non_empty_env("SLUICE_TEST_DATABASE_URL") {
         return url;
+    }
+    if containers::use_containers() {
+        return SHARED_CONTAINER
+            .get_or_init(start_container)
+            .await
+            .url
+            .clone();
     }
     SHARED_SERVER
         .get_or_init(start_private_postgres)

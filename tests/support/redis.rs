@@ -1,5 +1,12 @@
-//! Redis for integration tests: the shared server's URL (given, or a private `redis-server`), a key
-//! prefix per test, and [`OwnedRedis`], a server one test owns so it can freeze, kill and restart it.
+//! Redis for integration tests: the shared server's URL (given, a container, or a private
+//! `redis-server`), a key prefix per test, and [`OwnedRedis`], a server one test owns so it can
+//! freeze, kill and restart it.
+//!
+//! Servers a test freezes, kills or restarts ([`OwnedRedis`], [`OwnedRedisCluster`]) always come
+//! from the installed `redis-server`: those tests send signals to the server process itself and
+//! measure what Sluice sees within milliseconds, which `docker pause`/`kill` would only blur with
+//! the engine's own timing. The shared server, which every other test counts in, comes from a
+//! container whenever a Docker engine answers.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,6 +17,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
+use testcontainers::{ContainerAsync, GenericImage};
+
+use super::containers;
 use super::postgres::non_empty_env;
 use super::process::{ServerThread, find_on_path, free_port, guarded_command};
 
@@ -22,19 +32,67 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The private server of this test process, when no URL was given; never dropped (see `process`).
 static SHARED_SERVER: OnceCell<OwnedRedis> = OnceCell::const_new();
 
-/// Redis URL: `$SLUICE_TEST_REDIS_URL` if set, else a private `redis-server` this test process starts
-/// (shared by all tests of the binary; it keeps nothing on disk).
+/// A container of the shared server, when a Docker engine answers; never dropped (the container
+/// stops itself when this process exits, see `containers`).
+static SHARED_CONTAINER: OnceCell<ContainerRedis> = OnceCell::const_new();
+
+struct ContainerRedis {
+    url: String,
+    _container: ContainerAsync<GenericImage>,
+}
+
+/// Redis URL, in this order: `$SLUICE_TEST_REDIS_URL` if set; else a container this test process
+/// starts when a Docker engine answers (`containers`); else a private `redis-server` from the
+/// installed binaries. The server is shared by all tests of the binary and keeps nothing on disk.
 ///
 /// Tests sharing it keep to their own [`unique_redis_prefix`] and never FLUSH.
 pub async fn redis_url() -> String {
     if let Some(url) = non_empty_env("SLUICE_TEST_REDIS_URL") {
         return url;
     }
+    if containers::use_containers() {
+        return SHARED_CONTAINER
+            .get_or_init(start_container)
+            .await
+            .url
+            .clone();
+    }
     SHARED_SERVER
         .get_or_init(OwnedRedis::start)
         .await
         .url
         .clone()
+}
+
+/// Redis in a container on a free port, answering PING.
+async fn start_container() -> ContainerRedis {
+    let image = containers::redis_image();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let port = free_port();
+        let command =
+            format!("redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no");
+        let container = containers::start(&image, &command, &[])
+            .await
+            .unwrap_or_else(|message| panic!("{message}"));
+        while Instant::now() < deadline {
+            if blocking_ping(port) {
+                return ContainerRedis {
+                    url: format!("redis://127.0.0.1:{port}"),
+                    _container: container,
+                };
+            }
+            if !container.is_running().await.unwrap_or(false) {
+                // Most likely the port was taken meanwhile: another one.
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis in a container of {image} never answered PING"
+        );
+    }
 }
 
 /// A key prefix no other test uses: `sluice-test:<uuid>:`. Keys add their `{tenant}` hash tag after it.
