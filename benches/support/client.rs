@@ -1,5 +1,6 @@
-//! What the load generators send to Sluice, shared by `benches/checks.rs` and
-//! `examples/flood.rs` (each includes this file with `#[path]`): a `ShouldRateLimit` request of
+//! What the load generators send to Sluice, shared by `benches/checks.rs`, `benches/tower_layer.rs`,
+//! `examples/flood.rs` and `tests/image.rs` (each includes this file with `#[path]`): a
+//! `ShouldRateLimit` request of
 //! one (tenant, method, path) descriptor, a platform admin's token, and policies through the
 //! admin API.
 

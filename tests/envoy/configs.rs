@@ -91,3 +91,33 @@ fn without_comments(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[test]
+fn the_kubernetes_sluice_cluster_drops_into_the_shipped_configuration() {
+    // Arrange: envoy/envoy.yaml with its `sluice` cluster (the last one) replaced by
+    // deploy/kubernetes/envoy-sluice-cluster.yaml, indented as a `clusters:` entry
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jwks = dir.path().join("jwks.json");
+    TokenIssuer::generate().write_jwks(&jwks);
+    let shipped = proxy::render_as_shipped(ShippedConfig::Http, &jwks);
+    let (before, _) = shipped
+        .split_once("\n  - name: sluice\n")
+        .expect("envoy/envoy.yaml ends with its `sluice` cluster");
+    let snippet_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes/envoy-sluice-cluster.yaml");
+    let snippet = std::fs::read_to_string(&snippet_path).expect("the Kubernetes cluster snippet");
+    let cluster: String = without_comments(&snippet)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| format!("  {line}\n"))
+        .collect();
+    let text = format!("{before}\n{cluster}");
+
+    // Act
+    let said = proxy::validate(&text);
+
+    // Assert
+    let said = said.unwrap_or_else(|said| panic!("envoy rejects the Kubernetes cluster:\n{said}"));
+    assert!(said.contains("OK"), "{said}");
+    assert!(text.contains("sluice.sluice.svc.cluster.local"));
+}
