@@ -125,6 +125,15 @@ impl ClusterNodes {
         }
     }
 
+    /// A client of the pool of the primary `host:port` (as a `MOVED` reply names it), if it is a
+    /// primary of the table; else the cluster client, which follows redirections itself.
+    pub(super) fn client_named(&self, node: &str) -> Client {
+        match self.table.load().node_named(node) {
+            Some(node) => node.pool.next().clone(),
+            None => self.cluster.next_connected().clone(),
+        }
+    }
+
     /// A call was redirected (`MOVED`, `ASK`) or refused while the cluster changes: re-read the
     /// topology now.
     pub(super) fn refresh_soon(&self) {

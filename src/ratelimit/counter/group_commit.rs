@@ -305,12 +305,24 @@ impl GroupCommit {
         let reply: Result<Vec<Value>, Error> = match &self.nodes {
             Some(nodes) => {
                 let client = nodes.client_for(slot);
-                let reply = self.script.evalsha_with_reload(&client, keys, args).await;
-                if reply.as_ref().is_err_and(is_redirection) {
-                    // The slot moved (a failover, a resharding): nothing ran; learn where it went.
-                    nodes.refresh_soon();
+                let reply = self
+                    .script
+                    .evalsha_with_reload(&client, keys.clone(), args.clone())
+                    .await;
+                match reply {
+                    Err(err) if is_redirection(&err) => {
+                        // The slot moved (a failover, a resharding) and nothing ran: learn the
+                        // new topology, and send the call once to the primary MOVED names.
+                        nodes.refresh_soon();
+                        match moved_to(&err).map(|node| nodes.client_named(node)) {
+                            Some(owner) => {
+                                self.script.evalsha_with_reload(&owner, keys, args).await
+                            }
+                            None => Err(err),
+                        }
+                    }
+                    reply => reply,
                 }
-                reply
             }
             None => {
                 self.script
@@ -359,6 +371,15 @@ fn is_redirection(error: &Error) -> bool {
         || *error.kind() == ErrorKind::Cluster
 }
 
+/// The `host:port` a `MOVED <slot> <host:port>` reply names.
+fn moved_to(error: &Error) -> Option<&str> {
+    let mut parts = error.details().split_whitespace();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("MOVED"), Some(_slot), Some(node)) => Some(node),
+        _ => None,
+    }
+}
+
 /// The requests of call number `call` from the front of the queue, within the bounds, skipping
 /// (and dropping) requests whose waiter gave up.
 fn take_batch(state: &mut QueueState, call: u64) -> Vec<QueuedRequest> {
@@ -385,6 +406,19 @@ fn take_batch(state: &mut QueueState, call: u64) -> Vec<QueuedRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_moved_reply_names_the_primary_to_send_the_call_to() {
+        let moved = Error::new(ErrorKind::Cluster, "MOVED 3999 127.0.0.1:6381");
+        assert!(is_redirection(&moved));
+        assert_eq!(moved_to(&moved), Some("127.0.0.1:6381"));
+        let ask = Error::new(ErrorKind::Cluster, "ASK 3999 127.0.0.1:6381");
+        assert!(is_redirection(&ask));
+        assert_eq!(moved_to(&ask), None);
+        let other = Error::new(ErrorKind::Unknown, "ERR something else");
+        assert!(!is_redirection(&other));
+        assert_eq!(moved_to(&other), None);
+    }
 
     fn queued(keys: &[&str], not_after_us: i64) -> (QueuedRequest, Arc<Claim>) {
         let claim = Arc::new(Claim::default());
