@@ -1082,6 +1082,77 @@ mod redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_keeps_counting_exactly_while_its_slot_moves_to_another_primary() {
+        // Arrange: a tenant counting on one primary
+        let cluster = support::OwnedRedisCluster::start().await;
+        let counter = Arc::new(
+            RedisCounter::connect(&cluster.url, None, 2, unique_prefix())
+                .await
+                .expect("connect to the owned cluster"),
+        );
+        let tenant = "mover";
+        let slot = cluster.slot_of(tenant);
+        let from = cluster.primary_of_slot(slot).expect("a primary");
+        let to = *cluster
+            .primaries()
+            .iter()
+            .find(|port| **port != from)
+            .expect("another primary");
+        // A limit the run never reaches: every check is allowed and counts one hit.
+        let hit = |hits| CounterCheck {
+            key_suffix: "p:move",
+            max_requests: 1_000_000,
+            window_ms: 60_000,
+            burst_limit: 0,
+            hits,
+            enforcing: true,
+        };
+        let first = counter
+            .check(tenant, &[hit(1)], far_deadline())
+            .await
+            .expect("the first check");
+        assert!(first[0].allowed);
+
+        // Act: checks in a tight loop while the slot moves (ASK, then MOVED), and a while after
+        let stop = Arc::new(AtomicBool::new(false));
+        let checking = {
+            let (counter, stop) = (Arc::clone(&counter), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    answers.push(counter.check(tenant, &[hit(1)], far_deadline()).await);
+                }
+                answers
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cluster.move_slot(slot, to);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        stop.store(true, Ordering::Relaxed);
+        let answers = checking.await.unwrap();
+
+        // Assert: every check answered and counted, one hit each, on the new owner now
+        let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "checks failed while the slot moved: {failed:?}"
+        );
+        assert!(answers.len() > 20, "only {} checks ran", answers.len());
+        let last = counter
+            .check(tenant, &[hit(0)], far_deadline())
+            .await
+            .expect("a read after the move");
+        let counted = 1 + answers.len() as u32;
+        assert_eq!(
+            last[0].remaining,
+            1_000_000 - counted,
+            "hits counted exactly once each"
+        );
+        assert_eq!(cluster.primary_of_slot(slot), Some(to));
+        assert!(cluster.keys_on(to) > 0, "the keys moved with the slot");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_call_holds_one_slot_on_redis_cluster() {
         let cluster = support::OwnedRedisCluster::start().await;
         let counter = RedisCounter::connect(&cluster.url, None, 2, unique_prefix())

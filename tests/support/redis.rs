@@ -535,6 +535,52 @@ impl OwnedRedisCluster {
             .unwrap_or_else(|| panic!("the node on port {port} was killed"))
     }
 
+    /// Moves hash slot `slot`, with its keys, from its primary to the primary on `to`, the way a
+    /// live resharding does: the target imports, the source migrates, the keys go over in one
+    /// `MIGRATE`, and every primary learns the new owner. Calls for the slot meanwhile meet `ASK`
+    /// and then `MOVED`.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self
+            .primary_of_slot(slot)
+            .unwrap_or_else(|| panic!("no primary holds slot {slot}"));
+        assert_ne!(from, to, "slot {slot} is already on {to}");
+        let id = |port: u16| {
+            let reply = raw_command(port, "CLUSTER MYID").unwrap_or_default();
+            reply
+                .lines()
+                .map(str::trim)
+                .find(|line| line.len() == 40)
+                .unwrap_or_else(|| panic!("CLUSTER MYID on {port} answered {reply:?}"))
+                .to_owned()
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let ok = |port: u16, command: &str| {
+            let reply = raw_command(port, command).unwrap_or_default();
+            assert!(reply.starts_with("+OK"), "{command} on {port}: {reply:?}");
+        };
+        ok(to, &format!("CLUSTER SETSLOT {slot} IMPORTING {from_id}"));
+        ok(from, &format!("CLUSTER SETSLOT {slot} MIGRATING {to_id}"));
+        let listed =
+            raw_command(from, &format!("CLUSTER GETKEYSINSLOT {slot} 1000")).unwrap_or_default();
+        // A RESP array of bulk strings: `*n`, then `$len` and the key, a line each.
+        let keys: Vec<&str> = listed
+            .lines()
+            .skip(1)
+            .filter(|line| !line.starts_with('$'))
+            .collect();
+        if !keys.is_empty() {
+            let reply = raw_command(
+                from,
+                &format!("MIGRATE 127.0.0.1 {to} \"\" 0 5000 KEYS {}", keys.join(" ")),
+            )
+            .unwrap_or_default();
+            assert!(reply.starts_with("+OK"), "MIGRATE of {keys:?}: {reply:?}");
+        }
+        for port in self.primaries() {
+            ok(port, &format!("CLUSTER SETSLOT {slot} NODE {to_id}"));
+        }
+    }
+
     /// Kills the node on `port` with SIGKILL; its data is lost.
     pub fn kill(&mut self, port: u16) {
         let index = self.ports.iter().position(|p| *p == port).unwrap();

@@ -30,10 +30,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
+use fred::clients::Client;
 use fred::error::Error;
 use fred::prelude::{ClientLike, ErrorKind, Pool};
 use fred::types::Value;
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -289,6 +291,42 @@ impl GroupCommit {
         }
     }
 
+    /// The script call on the node an `ASK` reply names, for a slot being migrated there:
+    /// `ASKING` and `EVALSHA` as one pipeline on one connection, since `ASKING` holds for the
+    /// next command only. A target that lacks the script gets it loaded, then the pair again.
+    async fn asking_evalsha(
+        &self,
+        target: &Client,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, Error> {
+        let attempt = |keys: Vec<String>, args: Vec<Value>| async move {
+            let pipeline = target.pipeline();
+            let asking = CustomCommand::new_static("ASKING", ClusterHash::FirstKey, false);
+            let () = pipeline.custom(asking, Vec::<Value>::new()).await?;
+            // EVALSHA sha numkeys key… arg…, spelled out: a pipeline has no Lua helpers.
+            let mut evalsha: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+            evalsha.push(Value::String(self.script.sha1().clone()));
+            evalsha.push(Value::Integer(keys.len() as i64));
+            evalsha.extend(keys.into_iter().map(|key| Value::String(key.into())));
+            evalsha.extend(args);
+            let command = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+            let () = pipeline.custom(command, evalsha).await?;
+            let mut replies = pipeline.try_all::<Value>().await.into_iter();
+            replies
+                .nth(1)
+                .unwrap_or_else(|| Err(Error::new(ErrorKind::Protocol, "no reply to EVALSHA")))?
+                .convert()
+        };
+        match attempt(keys.clone(), args.clone()).await {
+            Err(err) if err.details().starts_with("NOSCRIPT") => {
+                self.script.load(target).await?;
+                attempt(keys, args).await
+            }
+            reply => reply,
+        }
+    }
+
     fn next_call(&self) -> u64 {
         self.last_call.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -311,12 +349,17 @@ impl GroupCommit {
                     .await;
                 match reply {
                     Err(err) if is_redirection(&err) => {
-                        // The slot moved (a failover, a resharding) and nothing ran: learn the
-                        // new topology, and send the call once to the primary MOVED names.
+                        // The slot moved or is moving (a failover, a resharding) and nothing ran:
+                        // learn the new topology, and send the call once more where Redis says.
                         nodes.refresh_soon();
-                        match moved_to(&err).map(|node| nodes.client_named(node)) {
-                            Some(owner) => {
+                        match redirection(&err) {
+                            Some(Redirection::Moved(node)) => {
+                                let owner = nodes.client_named(node);
                                 self.script.evalsha_with_reload(&owner, keys, args).await
+                            }
+                            Some(Redirection::Ask(node)) => {
+                                let target = nodes.client_named(node);
+                                self.asking_evalsha(&target, keys, args).await
                             }
                             None => Err(err),
                         }
@@ -371,11 +414,22 @@ fn is_redirection(error: &Error) -> bool {
         || *error.kind() == ErrorKind::Cluster
 }
 
-/// The `host:port` a `MOVED <slot> <host:port>` reply names.
-fn moved_to(error: &Error) -> Option<&str> {
+/// Where Redis Cluster sent a call that did not run.
+#[derive(Debug, PartialEq, Eq)]
+enum Redirection<'a> {
+    /// `MOVED <slot> <host:port>`: the slot lives there now.
+    Moved(&'a str),
+    /// `ASK <slot> <host:port>`: the slot is being migrated there; ask it, with `ASKING`.
+    Ask(&'a str),
+}
+
+/// The redirection a reply names; `None` for `TRYAGAIN`, `CLUSTERDOWN` and other errors, which a
+/// second try at once would not change.
+fn redirection(error: &Error) -> Option<Redirection<'_>> {
     let mut parts = error.details().split_whitespace();
     match (parts.next(), parts.next(), parts.next()) {
-        (Some("MOVED"), Some(_slot), Some(node)) => Some(node),
+        (Some("MOVED"), Some(_slot), Some(node)) => Some(Redirection::Moved(node)),
+        (Some("ASK"), Some(_slot), Some(node)) => Some(Redirection::Ask(node)),
         _ => None,
     }
 }
@@ -408,16 +462,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_moved_reply_names_the_primary_to_send_the_call_to() {
+    fn moved_and_ask_replies_say_where_to_send_the_call_again() {
         let moved = Error::new(ErrorKind::Cluster, "MOVED 3999 127.0.0.1:6381");
         assert!(is_redirection(&moved));
-        assert_eq!(moved_to(&moved), Some("127.0.0.1:6381"));
+        assert_eq!(
+            redirection(&moved),
+            Some(Redirection::Moved("127.0.0.1:6381"))
+        );
         let ask = Error::new(ErrorKind::Cluster, "ASK 3999 127.0.0.1:6381");
         assert!(is_redirection(&ask));
-        assert_eq!(moved_to(&ask), None);
+        assert_eq!(redirection(&ask), Some(Redirection::Ask("127.0.0.1:6381")));
+        let try_again = Error::new(
+            ErrorKind::Unknown,
+            "TRYAGAIN Multiple keys request during rehashing",
+        );
+        assert!(is_redirection(&try_again));
+        assert_eq!(redirection(&try_again), None);
         let other = Error::new(ErrorKind::Unknown, "ERR something else");
         assert!(!is_redirection(&other));
-        assert_eq!(moved_to(&other), None);
+        assert_eq!(redirection(&other), None);
     }
 
     fn queued(keys: &[&str], not_after_us: i64) -> (QueuedRequest, Arc<Claim>) {
