@@ -174,6 +174,21 @@ async fn failover_under_load(fault: Fault) {
             }
         });
     }
+    // What /readyz says about Redis around the fault (it stays 200 either way: operations.md).
+    let watching = {
+        let http = a.http_addr;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(fault_at.into()).await;
+            let mut seen = Vec::new();
+            while Instant::now() < fault_at + Duration::from_millis(2_500) {
+                if let Ok(response) = http_get(http, "/readyz").await {
+                    seen.push((response.status, response.body));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        })
+    };
     tokio::time::sleep_until(fault_at.into()).await;
     match fault {
         Fault::Kill => cluster.kill(victim),
@@ -185,7 +200,30 @@ async fn failover_under_load(fault: Fault) {
         cluster.thaw(victim);
     }
 
-    // Assert
+    // Assert: /readyz said Redis was down while a primary was, stayed 200, and says up again
+    let seen = watching.await.unwrap();
+    assert!(seen.iter().all(|(status, _)| *status == 200), "{seen:?}");
+    assert!(
+        seen.iter().any(|(_, body)| body.contains("redis: down")),
+        "/readyz never said a primary was down: {seen:?}"
+    );
+    for app in [&a, &b] {
+        let started = Instant::now();
+        loop {
+            let body = http_get(app.http_addr, "/readyz")
+                .await
+                .map(|r| r.body)
+                .unwrap_or_default();
+            if body.contains("redis: up") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "after the failover /readyz still says {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let samples = std::mem::take(&mut *samples.lock().unwrap());
     assert!(
         samples.len() > 1_000,

@@ -134,6 +134,19 @@ impl ClusterNodes {
         }
     }
 
+    /// One client per primary of the table (for the health ping); empty while the topology is
+    /// not known.
+    pub(super) fn primary_clients(&self) -> Vec<Client> {
+        let table = self.table.load();
+        let mut clients: Vec<(&str, Client)> = Vec::new();
+        for (_, _, node) in &table.ranges {
+            if !clients.iter().any(|(name, _)| *name == &*node.name) {
+                clients.push((&node.name, node.pool.next().clone()));
+            }
+        }
+        clients.into_iter().map(|(_, client)| client).collect()
+    }
+
     /// A call was redirected (`MOVED`, `ASK`) or refused while the cluster changes: re-read the
     /// topology now.
     pub(super) fn refresh_soon(&self) {

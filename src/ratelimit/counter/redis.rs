@@ -225,12 +225,13 @@ impl RedisCounter {
             FirstConnect::Connected => RedisState::Up,
             FirstConnect::Unreachable(_) => RedisState::Connecting,
         }));
+        let nodes = cluster_nodes(&pool);
         tokio::spawn(watch_health(
             pool.clone(),
+            nodes.as_ref().map(Arc::downgrade),
             script.clone(),
             Arc::downgrade(&health),
         ));
-        let nodes = cluster_nodes(&pool);
         let counter = Self {
             group: Arc::new(GroupCommit::new(pool.clone(), script, nodes.clone())),
             nodes,
@@ -507,10 +508,16 @@ async fn quit(pool: &Pool) {
     let _ = tokio::time::timeout(Duration::from_secs(1), pool.quit()).await;
 }
 
-/// Pings Redis every [`HEALTH_PING_EVERY`] and records the answer in `health`; when Redis answers
+/// Pings Redis every [`HEALTH_PING_EVERY`] and records the answer in `health` (on Redis Cluster:
+/// every primary, over Sluice's own pool to it; up when all answer); when Redis answers
 /// again after not answering, loads the script (a restarted server has none) so the first check
 /// does not pay for the reload. Ends once the counter owning `health` is dropped.
-async fn watch_health(pool: Pool, script: Script, health: Weak<RedisHealth>) {
+async fn watch_health(
+    pool: Pool,
+    nodes: Option<Weak<ClusterNodes>>,
+    script: Script,
+    health: Weak<RedisHealth>,
+) {
     let options = Options {
         timeout: Some(HEALTH_PING_TIMEOUT),
         // A disconnected client answers at once instead of queueing the ping.
@@ -522,16 +529,34 @@ async fn watch_health(pool: Pool, script: Script, health: Weak<RedisHealth>) {
         let Some(health) = health.upgrade() else {
             return;
         };
-        let client = pool.next_connected();
-        let answered = client
-            .with_options(&options)
-            .ping::<fred::types::Value>(None)
-            .await;
+        // On Cluster, every primary over its own pool (a stalled cluster client must not hide
+        // that the others answer, nor a dead primary behind one that answers).
+        let mut clients = nodes
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .map(|nodes| nodes.primary_clients())
+            .unwrap_or_default();
+        if clients.is_empty() {
+            clients.push(pool.next_connected().clone());
+        }
+        let pings = futures_util::future::join_all(clients.iter().map(|client| async {
+            client
+                .with_options(&options)
+                .ping::<fred::types::Value>(None)
+                .await
+        }))
+        .await;
+        let answered = pings
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(fred::types::Value::Null));
         match answered {
             Ok(_) => {
                 if health.set(RedisState::Up) != RedisState::Up {
-                    if let Err(err) = script.load(client).await {
-                        tracing::warn!(error = %err, "Redis answers again, but loading the sliding-window script failed; checks reload it on demand");
+                    for client in &clients {
+                        if let Err(err) = script.load(client).await {
+                            tracing::warn!(error = %err, "Redis answers again, but loading the sliding-window script failed; checks reload it on demand");
+                        }
                     }
                     tracing::info!(
                         redis = RedisState::Up.as_str(),
