@@ -297,7 +297,11 @@ impl Breakers {
                 ))
             })),
         };
-        breaker.used_ms.store(now, Ordering::Relaxed);
+        // A write to a line every core reads only when it is worth it: once a second is plenty
+        // for a retirement measured in tens of seconds.
+        if now.saturating_sub(breaker.used_ms.load(Ordering::Relaxed)) >= 1_000 {
+            breaker.used_ms.store(now, Ordering::Relaxed);
+        }
         BreakerRef::Node(breaker)
     }
 

@@ -27,7 +27,7 @@ use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
 
 use super::{
-    breaker::{Admission, Breakers, RateLimitedWarning},
+    breaker::{Admission, BreakerRef, Breakers, CircuitBreaker, ProbeSlot, RateLimitedWarning},
     counter::{CounterCheck, CounterError, CounterVerdict, SlidingWindowCounter},
     keys,
     over_limit_cache::{CounterId, OverLimitCache},
@@ -617,14 +617,32 @@ impl RateLimiter {
         // counter answers by it itself (telling a check still queued from one sent); this
         // timeout only backs up a counter that would not.
         let deadline = tokio::time::Instant::now() + self.deadline;
-        let outcomes = join_all(groups.iter().map(|(tenant, members)| {
-            let checks: Vec<CounterCheck<'_>> = members
-                .iter()
-                .filter_map(|i| plans[*i].as_ref().map(|plan| plan.check(read_only)))
-                .collect();
-            self.count_group(tenant, checks, deadline)
-        }))
-        .await;
+        // Every group's breaker first: a request one of whose shards is open fails before any
+        // call is sent, so no other group counts hits for a request answered by the failure mode.
+        let breakers: Vec<BreakerRef<'_>> = groups
+            .iter()
+            .map(|(tenant, _)| self.breakers.of(&self.counter.shard_of(tenant)))
+            .collect();
+        let mut probes = Vec::with_capacity(breakers.len());
+        for breaker in &breakers {
+            // The probe's slot is handed back with the outcome; if this RPC is cancelled while
+            // probing (or another group is rejected), dropping it frees the slot.
+            match breaker.admit() {
+                Admission::Call => probes.push(None),
+                Admission::Probe(slot) => probes.push(Some(slot)),
+                Admission::Reject => return self.fail(FailureReason::BreakerOpen, None),
+            }
+        }
+        let calls = groups.iter().zip(&breakers).zip(probes).map(
+            |(((tenant, members), breaker), probe)| {
+                let checks: Vec<CounterCheck<'_>> = members
+                    .iter()
+                    .filter_map(|i| plans[*i].as_ref().map(|plan| plan.check(read_only)))
+                    .collect();
+                self.count_group(tenant, checks, deadline, breaker, probe)
+            },
+        );
+        let outcomes = join_all(calls).await;
         let mut counted = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             match outcome {
@@ -635,22 +653,16 @@ impl RateLimiter {
         Ok(CounterStep::Counted(counted))
     }
 
-    /// One tenant's call behind its shard's breaker. Only a call actually sent that failed or
-    /// missed the deadline counts against the breaker.
+    /// One tenant's call, admitted by its shard's breaker. Only a call actually sent that failed
+    /// or missed the deadline counts against the breaker.
     async fn count_group(
         &self,
         tenant: &str,
         checks: Vec<CounterCheck<'_>>,
         deadline: tokio::time::Instant,
+        breaker: &CircuitBreaker,
+        probe: Option<ProbeSlot<'_>>,
     ) -> Result<Vec<CounterVerdict>, (FailureReason, Option<CounterError>)> {
-        let breaker = self.breakers.of(&self.counter.shard_of(tenant));
-        // The probe's slot is handed back with the outcome; if this RPC is cancelled while
-        // probing, dropping it frees the slot.
-        let probe = match breaker.admit() {
-            Admission::Call => None,
-            Admission::Probe(slot) => Some(slot),
-            Admission::Reject => return Err((FailureReason::BreakerOpen, None)),
-        };
         let call = self.counter.check(tenant, &checks, deadline);
         match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(verdicts)) => {
@@ -670,13 +682,19 @@ impl RateLimiter {
                 Err((FailureReason::Overloaded, Some(err)))
             }
             Ok(Err(err)) => {
-                // Many requests may share one failed script call: the breaker counts the call.
                 let (call, cause) = err.call_and_cause();
-                breaker.record_call_failure(call, probe);
                 let reason = match cause {
                     CounterError::Timeout(_) | CounterError::Late => FailureReason::Timeout,
                     _ => FailureReason::RedisError,
                 };
+                if matches!(cause, CounterError::Redirected(_)) {
+                    // A cluster changing owners of a slot, not a failing node: the breaker
+                    // neither opens nor closes.
+                    drop(probe);
+                } else {
+                    // Many requests may share one failed script call: the breaker counts the call.
+                    breaker.record_call_failure(call, probe);
+                }
                 Err((reason, Some(err)))
             }
             Err(_) => {
@@ -983,6 +1001,84 @@ mod tests {
             after_twenty_failures(|| CounterError::Late).await,
             (0, 5, 15, 5, 1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_moving_a_slot_fails_open_and_never_opens_the_breaker() {
+        assert_eq!(
+            after_twenty_failures(|| CounterError::Redirected(fred::error::Error::new(
+                fred::error::ErrorKind::Unknown,
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+            )))
+            .await,
+            (0, 20, 0, 20, 0)
+        );
+    }
+
+    /// Tenants `x…` live on node `x` and are counted in process; tenants `y…` live on node `y`,
+    /// whose every call fails. Counts the calls that reach node `x`.
+    struct TwoNodes {
+        x: crate::ratelimit::counter::InMemoryCounter,
+        x_calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl SlidingWindowCounter for TwoNodes {
+        fn shard_of(&self, tenant: &str) -> crate::ratelimit::counter::Shard {
+            crate::ratelimit::counter::Shard::Node(Arc::from(&tenant[..1]))
+        }
+
+        async fn check(
+            &self,
+            tenant: &str,
+            checks: &[CounterCheck<'_>],
+            deadline: tokio::time::Instant,
+        ) -> Result<Vec<CounterVerdict>, CounterError> {
+            if tenant.starts_with('x') {
+                self.x_calls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.x.check(tenant, checks, deadline).await
+            } else {
+                Err(CounterError::Late)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_node_opens_only_its_own_breaker_and_sends_nothing_for_a_request_it_blocks() {
+        let counter = Arc::new(TwoNodes {
+            x: crate::ratelimit::counter::InMemoryCounter::new(1_000),
+            x_calls: Default::default(),
+        });
+        let limiter = limiter_over(counter.clone(), &[("*", "/n", 100, 60)]);
+        // Node y fails until its breaker opens.
+        for _ in 0..crate::ratelimit::breaker::FAILURES_TO_OPEN {
+            decide(&limiter, vec![descriptor("y1", "/n", None, None)]).await;
+        }
+        assert_eq!(limiter.metrics.circuit_open.get(), 1);
+
+        // Tenants on x are still counted at once.
+        let x_only = decide(&limiter, vec![descriptor("x1", "/n", None, None)]).await;
+        assert_eq!(x_only.statuses[0].limit_remaining, 99);
+        let calls_before = counter.x_calls.load(std::sync::atomic::Ordering::Relaxed);
+
+        // A request for tenants on both nodes fails open before anything is sent to x.
+        let both = decide(
+            &limiter,
+            vec![
+                descriptor("x1", "/n", None, None),
+                descriptor("y1", "/n", None, None),
+            ],
+        )
+        .await;
+        assert!(both.statuses.iter().all(|s| s.current_limit.is_none()));
+        assert_eq!(
+            counter.x_calls.load(std::sync::atomic::Ordering::Relaxed),
+            calls_before,
+            "no hits counted on x for a request answered by the failure mode"
+        );
+        let x_after = decide(&limiter, vec![descriptor("x1", "/n", None, Some(0))]).await;
+        assert_eq!(x_after.statuses[0].limit_remaining, 99);
     }
 
     #[tokio::test]

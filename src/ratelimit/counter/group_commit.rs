@@ -297,12 +297,16 @@ impl GroupCommit {
     async fn asking_evalsha(
         &self,
         target: &Client,
+        slot: u16,
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Vec<Value>, Error> {
+        // Routed by the slot: when `target` is the cluster client (a target not in the table
+        // yet), both commands must go to the slot's node, never by hashing the SHA.
         let attempt = |keys: Vec<String>, args: Vec<Value>| async move {
+            let route = ClusterHash::Custom(slot);
             let pipeline = target.pipeline();
-            let asking = CustomCommand::new_static("ASKING", ClusterHash::FirstKey, false);
+            let asking = CustomCommand::new_static("ASKING", route.clone(), false);
             let () = pipeline.custom(asking, Vec::<Value>::new()).await?;
             // EVALSHA sha numkeys key… arg…, spelled out: a pipeline has no Lua helpers.
             let mut evalsha: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
@@ -310,7 +314,7 @@ impl GroupCommit {
             evalsha.push(Value::Integer(keys.len() as i64));
             evalsha.extend(keys.into_iter().map(|key| Value::String(key.into())));
             evalsha.extend(args);
-            let command = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+            let command = CustomCommand::new_static("EVALSHA", route, false);
             let () = pipeline.custom(command, evalsha).await?;
             let mut replies = pipeline.try_all::<Value>().await.into_iter();
             replies
@@ -359,7 +363,7 @@ impl GroupCommit {
                             }
                             Some(Redirection::Ask(node)) => {
                                 let target = nodes.client_named(node);
-                                self.asking_evalsha(&target, keys, args).await
+                                self.asking_evalsha(&target, slot, keys, args).await
                             }
                             None => Err(err),
                         }
@@ -382,6 +386,7 @@ impl GroupCommit {
         }
         let outcomes = match reply {
             Ok(reply) => plan.outcomes(&reply),
+            Err(err) if is_redirection(&err) => Err(CounterError::Redirected(err)),
             Err(err) => Err(classify(err)),
         };
         let outcomes = match outcomes {

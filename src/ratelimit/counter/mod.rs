@@ -117,6 +117,11 @@ pub enum CounterError {
         "the check waited for a free call until its deadline and was never sent; nothing was recorded"
     )]
     Overloaded,
+    /// Redis Cluster refused the call while a slot changes owner (`TRYAGAIN` for keys split
+    /// mid-migration, `CLUSTERDOWN`, or a redirection that was redirected again), so the script did
+    /// not run. Says the cluster is changing, not that the node failed: the breaker ignores it.
+    #[error("the cluster refused the call while a slot changes owner; nothing was recorded")]
+    Redirected(#[source] fred::error::Error),
     /// The caller passed a check the counter cannot represent.
     #[error("invalid counter check: {0}")]
     InvalidCheck(String),
