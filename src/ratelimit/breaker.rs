@@ -69,8 +69,6 @@ pub struct CircuitBreaker {
     in_gauge: AtomicBool,
     /// Set once a node breaker is dropped from [`Breakers`]; it no longer touches the gauge.
     retired: AtomicBool,
-    /// When a check last asked it, for retiring the breakers of nodes that hold no slots now.
-    used_ms: AtomicU64,
     /// `sluice_circuit_transitions_total{to}`: opened, a probe let through, closed.
     opened: IntCounter,
     half_opened: IntCounter,
@@ -124,7 +122,6 @@ impl CircuitBreaker {
             gauge,
             in_gauge: AtomicBool::new(false),
             retired: AtomicBool::new(false),
-            used_ms: AtomicU64::new(0),
             recent_failed_calls: RecentCalls::default(),
         }
     }
@@ -227,10 +224,10 @@ impl CircuitBreaker {
     }
 }
 
-/// How long a node's breaker may go unasked before it is dropped: its node no longer holds any
-/// slot (a failed primary replaced by its replica), and an open breaker of a node nobody uses must
-/// not keep `sluice_circuit_open` up.
-pub const RETIRE_UNUSED_AFTER: Duration = Duration::from_secs(30);
+/// How often the node breakers are checked against the topology: the breaker of a node that no
+/// longer holds slots (a failed primary replaced by its replica) is dropped, so its open state does
+/// not keep `sluice_circuit_open` up after the failover.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// One breaker per [`Shard`]: the whole store's, made at start, and one per Redis Cluster
 /// primary, made when a check first needs it.
@@ -239,7 +236,7 @@ pub struct Breakers {
     whole: CircuitBreaker,
     nodes: papaya::HashMap<Arc<str>, Arc<CircuitBreaker>>,
     started: Instant,
-    /// Milliseconds since `started` of the last sweep for unused node breakers.
+    /// Milliseconds since `started` of the last sweep for breakers of nodes that left.
     swept_ms: AtomicU64,
     gauge: IntGauge,
     transitions: IntCounterVec,
@@ -278,14 +275,15 @@ impl Breakers {
         }
     }
 
-    /// The breaker of `shard`.
-    pub fn of(&self, shard: &Shard) -> BreakerRef<'_> {
+    /// The breaker of `shard`. `holds_slots` says whether a node is still a primary of the
+    /// topology; breakers of nodes that are not are dropped (at most once per [`SWEEP_EVERY`]).
+    pub fn of(&self, shard: &Shard, holds_slots: impl Fn(&str) -> bool) -> BreakerRef<'_> {
         let node = match shard {
             Shard::Whole => return BreakerRef::Whole(&self.whole),
             Shard::Node(node) => node,
         };
         let now = self.started.elapsed().as_millis() as u64;
-        self.sweep(now);
+        self.sweep(now, holds_slots);
         let nodes = self.nodes.pin();
         let breaker = match nodes.get(node) {
             Some(breaker) => Arc::clone(breaker),
@@ -297,19 +295,14 @@ impl Breakers {
                 ))
             })),
         };
-        // A write to a line every core reads only when it is worth it: once a second is plenty
-        // for a retirement measured in tens of seconds.
-        if now.saturating_sub(breaker.used_ms.load(Ordering::Relaxed)) >= 1_000 {
-            breaker.used_ms.store(now, Ordering::Relaxed);
-        }
         BreakerRef::Node(breaker)
     }
 
-    /// At most once per [`RETIRE_UNUSED_AFTER`], drops the node breakers no check asked for
-    /// that long, and takes them out of the gauge.
-    fn sweep(&self, now: u64) {
+    /// At most once per [`SWEEP_EVERY`], drops the breakers of nodes that hold no slots now,
+    /// and takes them out of the gauge.
+    fn sweep(&self, now: u64, holds_slots: impl Fn(&str) -> bool) {
         let last = self.swept_ms.load(Ordering::Relaxed);
-        let every = RETIRE_UNUSED_AFTER.as_millis() as u64;
+        let every = SWEEP_EVERY.as_millis() as u64;
         if now.saturating_sub(last) < every
             || self
                 .swept_ms
@@ -319,13 +312,13 @@ impl Breakers {
             return;
         }
         self.nodes.pin().retain(|node, breaker| {
-            let unused = now.saturating_sub(breaker.used_ms.load(Ordering::Relaxed)) >= every;
-            if unused {
+            let left = !holds_slots(node);
+            if left {
                 breaker.retired.store(true, Ordering::Relaxed);
                 breaker.leave_gauge();
-                tracing::info!(node = %node, "Redis node holds no slot we use now: its circuit breaker is dropped");
+                tracing::info!(node = %node, "Redis node holds no slots now: its circuit breaker is dropped");
             }
-            !unused
+            !left
         });
     }
 
@@ -418,34 +411,44 @@ mod tests {
         Shard::Node(Arc::from(name))
     }
 
+    impl Breakers {
+        /// [`Breakers::of`] for a topology in which every node holds slots.
+        fn of_any(&self, shard: &Shard) -> BreakerRef<'_> {
+            self.of(shard, |_| true)
+        }
+    }
+
     #[test]
     fn each_cluster_primary_has_its_own_breaker_and_the_gauge_counts_the_open_ones() {
         let all = breakers();
-        open(&all.of(&node("a:1")));
-        assert!(all.of(&node("a:1")).is_open());
-        assert!(is_call(&all.of(&node("b:2")).admit()));
-        assert!(is_call(&all.of(&Shard::Whole).admit()));
+        open(&all.of_any(&node("a:1")));
+        assert!(all.of_any(&node("a:1")).is_open());
+        assert!(is_call(&all.of_any(&node("b:2")).admit()));
+        assert!(is_call(&all.of_any(&Shard::Whole).admit()));
         assert_eq!(all.gauge.get(), 1);
-        open(&all.of(&node("b:2")));
-        open(&all.of(&node("b:2")));
+        open(&all.of_any(&node("b:2")));
+        open(&all.of_any(&node("b:2")));
         assert_eq!(all.gauge.get(), 2, "one breaker opening twice counts once");
-        all.of(&node("a:1")).record_success(None);
+        all.of_any(&node("a:1")).record_success(None);
         assert_eq!(all.gauge.get(), 1);
         assert!(all.any_open());
     }
 
     #[test]
-    fn a_node_breaker_nobody_asks_for_is_retired_and_leaves_the_gauge() {
+    fn the_breaker_of_a_node_that_left_the_topology_is_dropped_and_leaves_the_gauge() {
         let all = breakers();
-        open(&all.of(&node("gone:1")));
+        open(&all.of_any(&node("gone:1")));
         assert_eq!(all.gauge.get(), 1);
-        // Its node stopped holding slots: no check asks for it during a whole sweep period.
-        let later = RETIRE_UNUSED_AFTER.as_millis() as u64 * 2;
-        all.sweep(later);
+        // A sweep while the node still holds slots keeps it open.
+        let later = SWEEP_EVERY.as_millis() as u64 * 2;
+        all.sweep(later, |_| true);
+        assert!(all.any_open());
+        // Its replica took over: the next sweep drops it.
+        all.sweep(later * 2, |node| node != "gone:1");
         assert_eq!(all.gauge.get(), 0);
         assert!(!all.any_open());
         // A node asked for again gets a fresh, closed breaker.
-        assert!(is_call(&all.of(&node("gone:1")).admit()));
+        assert!(is_call(&all.of_any(&node("gone:1")).admit()));
     }
 
     fn open(b: &CircuitBreaker) {

@@ -621,7 +621,11 @@ impl RateLimiter {
         // call is sent, so no other group counts hits for a request answered by the failure mode.
         let breakers: Vec<BreakerRef<'_>> = groups
             .iter()
-            .map(|(tenant, _)| self.breakers.of(&self.counter.shard_of(tenant)))
+            .map(|(tenant, _)| {
+                let shard = self.counter.shard_of(tenant);
+                self.breakers
+                    .of(&shard, |node| self.counter.holds_slots(node))
+            })
             .collect();
         let mut probes = Vec::with_capacity(breakers.len());
         for breaker in &breakers {

@@ -224,6 +224,27 @@ async fn failover_under_load(fault: Fault) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // ...and the failed primary's open breaker left with it: nothing is open any more.
+    for app in [&a, &b] {
+        let started = Instant::now();
+        loop {
+            let metrics = http_get(app.http_addr, "/metrics")
+                .await
+                .map(|r| r.body)
+                .unwrap_or_default();
+            if metrics.lines().any(|line| line == "sluice_circuit_open 0") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "a breaker is still open after the failover: {:?}",
+                metrics
+                    .lines()
+                    .find(|line| line.starts_with("sluice_circuit_open "))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let samples = std::mem::take(&mut *samples.lock().unwrap());
     assert!(
         samples.len() > 1_000,

@@ -125,6 +125,11 @@ impl ClusterNodes {
         }
     }
 
+    /// Whether the primary `host:port` holds slots in the current table.
+    pub(super) fn holds_slots(&self, node: &str) -> bool {
+        self.table.load().node_named(node).is_some()
+    }
+
     /// A client of the pool of the primary `host:port` (as a `MOVED` reply names it), if it is a
     /// primary of the table; else the cluster client, which follows redirections itself.
     pub(super) fn client_named(&self, node: &str) -> Client {

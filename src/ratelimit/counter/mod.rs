@@ -165,6 +165,12 @@ pub trait SlidingWindowCounter: Send + Sync + 'static {
         Shard::Whole
     }
 
+    /// Whether the node `host:port` (a [`Shard::Node`]) still holds slots; its breaker is dropped
+    /// once it does not.
+    fn holds_slots(&self, _node: &str) -> bool {
+        true
+    }
+
     /// All of one tenant's descriptors of one request, decided in one atomic step. Returns one
     /// verdict per check, in order. Nothing is recorded once `deadline` has passed (see the
     /// module doc).

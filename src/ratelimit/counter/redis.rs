@@ -294,6 +294,12 @@ impl SlidingWindowCounter for RedisCounter {
         }
     }
 
+    fn holds_slots(&self, node: &str) -> bool {
+        self.nodes
+            .as_ref()
+            .is_none_or(|nodes| nodes.holds_slots(node))
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(tenant = tenant, checks = checks.len()))]
     async fn check(
         &self,
