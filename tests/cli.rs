@@ -43,23 +43,7 @@ fn run_ok(command: &mut Command, what: &str) -> std::process::Output {
 }
 
 fn sluice() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    for var in [
-        "DATABASE_URL",
-        "REDIS_URL",
-        "REDIS_PASSWORD",
-        "SLUICE_JWT_HS256_SECRET",
-        "SLUICE_JWT_HS256_SECRET_FILE",
-        "SLUICE_JWT_PUBLIC_KEYS",
-        "SLUICE_JWT_ISSUER",
-        "SLUICE_JWT_AUDIENCE",
-        "SLUICE_FAILURE_MODE",
-        "SLUICE_MEMORY_MAX_KEYS",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    ] {
-        command.env_remove(var);
-    }
+    let mut command = support::sluice_command();
     command.env("SLUICE_LOG_FORMAT", "json");
     command
 }

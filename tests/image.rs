@@ -160,26 +160,12 @@ async fn the_image_runs_as_non_root_becomes_healthy_counts_and_stops_cleanly() {
         .await
         .expect("CreatePolicy");
     let mut rls = RateLimitServiceClient::new(channel);
-    let first = rls
-        .should_rate_limit(client::descriptor_request(
-            "edge",
-            "image-test",
-            "GET",
-            "/v1/things",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let second = rls
-        .should_rate_limit(client::descriptor_request(
-            "edge",
-            "image-test",
-            "GET",
-            "/v1/things",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let request = client::descriptor_request("edge", "image-test", "GET", "/v1/things");
+        answers.push(rls.should_rate_limit(request).await.unwrap().into_inner());
+    }
+    let [first, second] = <[_; 2]>::try_from(answers).unwrap();
     assert_eq!(first.overall_code, Code::Ok as i32);
     assert!(
         first.statuses[0].current_limit.is_some(),

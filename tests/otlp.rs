@@ -83,10 +83,8 @@ async fn rpc_spans_reach_the_collector_under_the_callers_trace() {
     // Sluice on its embedded default, exporting to it.
     let dir = tempfile::tempdir().unwrap();
     let (grpc_port, http_port) = (support::free_port(), support::free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let child = support::sluice_command()
         .current_dir(dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
         .env("SLUICE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
         .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env(

@@ -87,19 +87,7 @@ impl Sluice {
     fn start(dir: &Path) -> Self {
         let (grpc_port, http_port) = (support::free_port(), support::free_port());
         let grpc = format!("127.0.0.1:{grpc_port}");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        for var in [
-            "DATABASE_URL",
-            "REDIS_URL",
-            "REDIS_PASSWORD",
-            "SLUICE_JWT_HS256_SECRET",
-            "SLUICE_JWT_HS256_SECRET_FILE",
-            "SLUICE_JWT_PUBLIC_KEYS",
-            "SLUICE_JWT_ISSUER",
-            "SLUICE_JWT_AUDIENCE",
-        ] {
-            command.env_remove(var);
-        }
+        let mut command = support::sluice_command();
         let child = command
             .current_dir(dir)
             .env("SLUICE_GRPC_ADDR", &grpc)

@@ -413,13 +413,8 @@ impl SluiceProcess {
     async fn start() -> SluiceProcess {
         let dir = tempfile::tempdir().unwrap();
         let (grpc_port, http_port) = (support::free_port(), support::free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let child = support::sluice_command()
             .current_dir(dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("SLUICE_JWT_HS256_SECRET")
-            .env_remove("SLUICE_JWT_HS256_SECRET_FILE")
-            .env_remove("SLUICE_JWT_PUBLIC_KEYS")
             .env("SLUICE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("RUST_LOG", "warn")

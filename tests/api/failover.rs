@@ -181,9 +181,11 @@ async fn failover_under_load(fault: Fault) {
             tokio::time::sleep_until(fault_at.into()).await;
             let mut seen = Vec::new();
             while Instant::now() < fault_at + Duration::from_millis(2_500) {
-                if let Ok(response) = http_get(http, "/readyz").await {
-                    seen.push((response.status, response.body));
-                }
+                // /readyz must answer throughout: a Redis fault never takes the HTTP listener down.
+                let response = http_get(http, "/readyz")
+                    .await
+                    .unwrap_or_else(|err| panic!("/readyz did not answer during the fault: {err}"));
+                seen.push((response.status, response.body));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             seen
@@ -208,42 +210,15 @@ async fn failover_under_load(fault: Fault) {
         "/readyz never said a primary was down: {seen:?}"
     );
     for app in [&a, &b] {
-        let started = Instant::now();
-        loop {
-            let body = http_get(app.http_addr, "/readyz")
-                .await
-                .map(|r| r.body)
-                .unwrap_or_default();
-            if body.contains("redis: up") {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "after the failover /readyz still says {body:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    // ...and the failed primary's open breaker left with it: nothing is open any more.
-    for app in [&a, &b] {
-        let started = Instant::now();
-        loop {
-            let metrics = http_get(app.http_addr, "/metrics")
-                .await
-                .map(|r| r.body)
-                .unwrap_or_default();
-            if metrics.lines().any(|line| line == "sluice_circuit_open 0") {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "a breaker is still open after the failover: {:?}",
-                metrics
-                    .lines()
-                    .find(|line| line.starts_with("sluice_circuit_open "))
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        within_five_seconds(app, "/readyz", "redis: up", |body| {
+            body.contains("redis: up")
+        })
+        .await;
+        // ...and the failed primary's open breaker left with it: nothing is open any more.
+        within_five_seconds(app, "/metrics", "sluice_circuit_open 0", |body| {
+            body.lines().any(|line| line == "sluice_circuit_open 0")
+        })
+        .await;
     }
     let samples = std::mem::take(&mut *samples.lock().unwrap());
     assert!(
@@ -333,6 +308,26 @@ async fn failover_under_load(fault: Fault) {
         counted_after > 0,
         "the failed primary's tenants were never counted again"
     );
+}
+
+/// Polls `path` on `app`'s HTTP listener until its body satisfies `done` (described as `what`),
+/// for at most five seconds.
+async fn within_five_seconds(app: &TestApp, path: &str, what: &str, done: impl Fn(&str) -> bool) {
+    let started = Instant::now();
+    loop {
+        let body = http_get(app.http_addr, path)
+            .await
+            .unwrap_or_else(|err| panic!("{path} did not answer: {err}"))
+            .body;
+        if done(&body) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path} never showed {what:?} after the failover; last: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The instances' `sluice_checks_total{decision="fail_open"}` series, for a failure message.

@@ -14,18 +14,6 @@ use crate::{
 
 const SERVICE: &str = "sluice.admin.v1.PolicyService";
 
-/// Environment variables of the `sluice` binary that would override what a test passes.
-const SLUICE_ENV: [&str; 8] = [
-    "SLUICE_JWT_HS256_SECRET",
-    "SLUICE_JWT_HS256_SECRET_FILE",
-    "SLUICE_JWT_PUBLIC_KEYS",
-    "SLUICE_JWT_ISSUER",
-    "SLUICE_JWT_AUDIENCE",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "REDIS_PASSWORD",
-];
-
 async fn run(mut command: Command) -> Output {
     let shown = format!("{command:?}");
     command.kill_on_drop(true);
@@ -260,10 +248,7 @@ async fn grpcurl_drives_every_policy_rpc_in_json() {
 }
 
 fn sluice_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    for name in SLUICE_ENV {
-        command.env_remove(name);
-    }
+    let mut command = Command::from(support::sluice_command());
     command.env("SLUICE_LOG_FORMAT", "text").args(args);
     command
 }

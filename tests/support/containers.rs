@@ -12,11 +12,12 @@
 //! an engine that answers but cannot start the image is an error that says so, never a silent
 //! fall-back.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testcontainers::{ContainerAsync, GenericImage, ImageExt, core::WaitFor, runners::AsyncRunner};
 
@@ -61,9 +62,59 @@ fn ping(socket: &PathBuf) -> bool {
     answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.ends_with("OK")
 }
 
+/// A shared server in a container; the container lives as long as this value (for the shared
+/// servers: until the test process exits).
+pub(crate) struct ContainerServer {
+    /// How tests reach it.
+    pub(crate) url: String,
+    _container: ContainerAsync<GenericImage>,
+}
+
+/// A server (`what`, for messages) in a container of `image` on a free port: `command(port)`
+/// starts it, `answers(port)` says whether it serves yet, `url(port)` is how tests reach it. A
+/// container that exits before it answers (most likely its port was taken meanwhile) is replaced
+/// on another port; `timeout` bounds the whole start.
+pub(crate) async fn start_serving<Answers, Ready>(
+    what: &str,
+    image: &str,
+    env: &[(&str, &str)],
+    timeout: Duration,
+    command: impl Fn(u16) -> String,
+    url: impl Fn(u16) -> String,
+    answers: Answers,
+) -> ContainerServer
+where
+    Answers: Fn(u16) -> Ready,
+    Ready: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let port = super::process::free_port();
+        let container = start(image, &command(port), env)
+            .await
+            .unwrap_or_else(|message| panic!("{message}"));
+        while Instant::now() < deadline {
+            if answers(port).await {
+                return ContainerServer {
+                    url: url(port),
+                    _container: container,
+                };
+            }
+            if !container.is_running().await.unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} in a container of {image} did not answer within {timeout:?}"
+        );
+    }
+}
+
 /// A server in a container of `image`, on the host network, running `command` (a shell command
 /// line) until the test process exits.
-pub(crate) async fn start(
+async fn start(
     image: &str,
     command: &str,
     env: &[(&str, &str)],

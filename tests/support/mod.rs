@@ -38,7 +38,7 @@ pub use containers::use_containers;
 pub use postgres::{
     PrivatePostgres, TestDatabase, fresh_database, postgres_admin_url, start_private_postgres,
 };
-pub use process::{free_port, readyz_is_ok};
+pub use process::{free_port, readyz_is_ok, sluice_command};
 pub use prometheus_server::{PrometheusServer, Sample};
 pub use redis::{OwnedRedis, OwnedRedisCluster, redis_ping, redis_url, unique_redis_prefix};
 pub use tools::{chromium_path, envoy_path, grpcurl_path, prometheus_path, promtool_path};

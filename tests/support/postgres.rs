@@ -6,10 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
-use testcontainers::{ContainerAsync, GenericImage};
 use tokio::sync::OnceCell;
 
-use super::containers;
+use super::containers::{self, ContainerServer};
 use super::process::{
     ServerThread, find_on_path, free_port, guarded_command, is_executable, pid_alive,
     running_as_root, user_ids,
@@ -30,52 +29,36 @@ static SHARED_SERVER: OnceCell<PrivatePostgres> = OnceCell::const_new();
 
 /// A container of the shared server, when a Docker engine answers; never dropped (the container
 /// stops itself when this process exits, see `containers`).
-static SHARED_CONTAINER: OnceCell<ContainerPostgres> = OnceCell::const_new();
-
-struct ContainerPostgres {
-    url: String,
-    _container: ContainerAsync<GenericImage>,
-}
+static SHARED_CONTAINER: OnceCell<ContainerServer> = OnceCell::const_new();
 
 /// PostgreSQL in a container on a free port (the image's own entrypoint runs `initdb`, trust
 /// authentication for `postgres`), accepting connections.
-async fn start_container() -> ContainerPostgres {
-    let image = containers::postgres_image();
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let port = free_port();
-        let command = format!(
-            "docker-entrypoint.sh postgres -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
-        );
-        let container =
-            containers::start(&image, &command, &[("POSTGRES_HOST_AUTH_METHOD", "trust")])
-                .await
-                .unwrap_or_else(|message| panic!("{message}"));
-        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        while Instant::now() < deadline {
-            // The entrypoint starts a temporary server for initdb first; only the final one
-            // listens on 127.0.0.1.
-            if let Ok(mut connection) = PgConnection::connect(&url).await
-                && sqlx::query("SELECT 1")
+async fn start_container() -> ContainerServer {
+    let url = |port: u16| format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    containers::start_serving(
+        "PostgreSQL",
+        &containers::postgres_image(),
+        &[("POSTGRES_HOST_AUTH_METHOD", "trust")],
+        START_TIMEOUT,
+        |port| {
+            format!(
+                "docker-entrypoint.sh postgres -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
+            )
+        },
+        url,
+        // The entrypoint starts a temporary server for initdb first; only the final one
+        // listens on 127.0.0.1.
+        |port| async move {
+            match PgConnection::connect(&url(port)).await {
+                Ok(mut connection) => sqlx::query("SELECT 1")
                     .execute(&mut connection)
                     .await
-                    .is_ok()
-            {
-                return ContainerPostgres {
-                    url,
-                    _container: container,
-                };
+                    .is_ok(),
+                Err(_) => false,
             }
-            if !container.is_running().await.unwrap_or(false) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "PostgreSQL in a container of {image} never accepted connections"
-        );
-    }
+        },
+    )
+    .await
 }
 
 /// Admin URL of a PostgreSQL server, in this order: `$SLUICE_TEST_DATABASE_URL` if set; else a

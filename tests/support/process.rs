@@ -6,6 +6,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::thread::JoinHandle;
 
+/// Settings a test's `sluice` process must never inherit from whoever runs the tests: each test
+/// says what it wants.
+const INHERITED_SETTINGS: [&str; 12] = [
+    "DATABASE_URL",
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "SLUICE_JWT_HS256_SECRET",
+    "SLUICE_JWT_HS256_SECRET_FILE",
+    "SLUICE_JWT_PUBLIC_KEYS",
+    "SLUICE_JWT_ISSUER",
+    "SLUICE_JWT_AUDIENCE",
+    "SLUICE_FAILURE_MODE",
+    "SLUICE_MEMORY_MAX_KEYS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// A command running this build's `sluice` binary with none of [`INHERITED_SETTINGS`] in its
+/// environment.
+pub fn sluice_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    for name in INHERITED_SETTINGS {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; a server should retry on another if it loses a race).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-use testcontainers::{ContainerAsync, GenericImage};
-
-use super::containers;
+use super::containers::{self, ContainerServer};
 use super::postgres::non_empty_env;
 use super::process::{ServerThread, find_on_path, free_port, guarded_command};
 
@@ -34,12 +32,7 @@ static SHARED_SERVER: OnceCell<OwnedRedis> = OnceCell::const_new();
 
 /// A container of the shared server, when a Docker engine answers; never dropped (the container
 /// stops itself when this process exits, see `containers`).
-static SHARED_CONTAINER: OnceCell<ContainerRedis> = OnceCell::const_new();
-
-struct ContainerRedis {
-    url: String,
-    _container: ContainerAsync<GenericImage>,
-}
+static SHARED_CONTAINER: OnceCell<ContainerServer> = OnceCell::const_new();
 
 /// Redis URL, in this order: `$SLUICE_TEST_REDIS_URL` if set; else a container this test process
 /// starts when a Docker engine answers (`containers`); else a private `redis-server` from the
@@ -65,34 +58,17 @@ pub async fn redis_url() -> String {
 }
 
 /// Redis in a container on a free port, answering PING.
-async fn start_container() -> ContainerRedis {
-    let image = containers::redis_image();
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let port = free_port();
-        let command =
-            format!("redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no");
-        let container = containers::start(&image, &command, &[])
-            .await
-            .unwrap_or_else(|message| panic!("{message}"));
-        while Instant::now() < deadline {
-            if blocking_ping(port) {
-                return ContainerRedis {
-                    url: format!("redis://127.0.0.1:{port}"),
-                    _container: container,
-                };
-            }
-            if !container.is_running().await.unwrap_or(false) {
-                // Most likely the port was taken meanwhile: another one.
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Redis in a container of {image} never answered PING"
-        );
-    }
+async fn start_container() -> ContainerServer {
+    containers::start_serving(
+        "Redis",
+        &containers::redis_image(),
+        &[],
+        START_TIMEOUT,
+        |port| format!("redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no"),
+        |port| format!("redis://127.0.0.1:{port}"),
+        |port| async move { blocking_ping(port) },
+    )
+    .await
 }
 
 /// A key prefix no other test uses: `sluice-test:<uuid>:`. Keys add their `{tenant}` hash tag after it.
